@@ -1,0 +1,65 @@
+"""Start the threer_ros capture node, optionally with a camera source and RViz.
+
+    ros2 launch threer_ros capture.launch.py                       # live rig, config/capture.yaml
+    ros2 launch threer_ros capture.launch.py source:=synthetic rviz:=true
+    ros2 launch threer_ros capture.launch.py bag:=capture.mcap backend:=fast3r device:=cuda
+
+Arguments: config (parameter file), backend, checkpoint, device, rig_calibration (empty = from
+the config file), source (none | synthetic), bag (path: replay it), rate (replay rate factor),
+rviz (true/false).
+"""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+_OVERRIDABLE = ("backend", "checkpoint", "device", "rig_calibration")
+
+
+def _graph(context):
+    arg = {name: LaunchConfiguration(name).perform(context) for name in
+           ("config", "source", "bag", "rate", "rviz", *_OVERRIDABLE)}
+    overrides = {name: arg[name] for name in _OVERRIDABLE if arg[name]}
+    actions = []
+    if arg["source"] == "synthetic":
+        actions.append(ExecuteProcess(
+            cmd=["threer-ros", "replay", "--synthetic", "--config", arg["config"],
+                 "--write-calibration", "/tmp/threer_ros_synthetic_rig.yaml"],
+            output="screen"))
+        overrides.setdefault("rig_calibration", "/tmp/threer_ros_synthetic_rig.yaml")
+    elif arg["source"] not in ("", "none"):
+        raise ValueError(f"source:={arg['source']!r}: use none or synthetic (or bag:=<path>)")
+    if arg["bag"]:
+        actions.append(ExecuteProcess(
+            cmd=["threer-ros", "replay", arg["bag"], "--rate", arg["rate"]], output="screen"))
+    actions.append(Node(package="threer_ros", executable="capture_node", name="threer_capture",
+                        output="screen", parameters=[arg["config"], overrides]))
+    if arg["rviz"].lower() in ("1", "true", "yes"):
+        rviz_file = Path(get_package_share_directory("threer_ros")) / "config" / "threer.rviz"
+        actions.append(Node(package="rviz2", executable="rviz2", arguments=["-d", str(rviz_file)],
+                            output="log"))
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = Path(get_package_share_directory("threer_ros"))
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value=str(share / "config" / "capture.yaml"),
+                              description="parameter file of the capture node"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="mvs | fast3r | mast3r | pow3r (empty: from config)"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="weights file/folder"),
+        DeclareLaunchArgument("device", default_value="", description="auto | cuda | cpu"),
+        DeclareLaunchArgument("rig_calibration", default_value="",
+                              description="rig calibration YAML (empty: from config)"),
+        DeclareLaunchArgument("source", default_value="none",
+                              description="none (live cameras) | synthetic"),
+        DeclareLaunchArgument("bag", default_value="", description="rosbag2 to replay"),
+        DeclareLaunchArgument("rate", default_value="1.0", description="bag replay rate factor"),
+        DeclareLaunchArgument("rviz", default_value="false", description="start RViz"),
+        OpaqueFunction(function=_graph),
+    ])

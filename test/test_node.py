@@ -1,0 +1,182 @@
+"""The capture node in its own process, driven over real DDS by publishers in this process.
+
+One node process serves the whole module (starting it imports torch: seconds on 2 cores). The
+tests publish the synthetic rig's 16 cameras and bad input, and read the node's outputs like
+RViz does. ``ROS_DOMAIN_ID`` is unique to this test session (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make test installs it)")
+
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+
+from threer_ros.config import read_parameters  # noqa: E402
+from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
+from threer_ros.data.synthetic import SyntheticRig  # noqa: E402
+from threer_ros.ros.convert import (calibration_to_camera_info_fields, cloud_from_msg,  # noqa: E402
+                                    image_to_msg_fields)
+from threer_ros.ros.probe import OutputProbe  # noqa: E402
+
+WIDTH = 128
+CAMERAS = tuple(read_parameters()["cameras"])
+SILENT = CAMERAS[-1]          # never publishes in the partial-set test
+PIPELINE = "threer_ros: pipeline"
+WAIT = 120.0                  # generous: the node reconstructs on 2 shared CPU cores
+
+
+def _values(status) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+class RigDriver(Node):
+    """Publishes images and CameraInfo of the synthetic rig with chosen stamps."""
+
+    def __init__(self, rig: SyntheticRig) -> None:
+        super().__init__("test_rig_driver")
+        self.rig = rig
+        self.image_pubs = {c: self.create_publisher(Image, f"{c}/image_raw",
+                                                    qos_profile_sensor_data) for c in CAMERAS}
+        self.info_pubs = {c: self.create_publisher(CameraInfo, f"{c}/camera_info",
+                                                   qos_profile_sensor_data) for c in CAMERAS}
+
+    def publish_image(self, camera: str, stamp_ns: int, fields: dict | None = None) -> None:
+        view = next(v for v in self.rig.views if v.name == camera)
+        msg = Image(**(fields or image_to_msg_fields(view.image, "rgb8")))
+        msg.header.frame_id = f"{camera}_optical_frame"
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        info = CameraInfo(**calibration_to_camera_info_fields(view.calibration))
+        info.header = msg.header
+        self.info_pubs[camera].publish(info)
+        self.image_pubs[camera].publish(msg)
+
+    def publish_set(self, stamp_ns: int, cameras=CAMERAS) -> None:
+        for i, camera in enumerate(cameras):
+            self.publish_image(camera, stamp_ns + (i % 3) * 200_000)  # 0.2 ms jitter
+
+
+@pytest.fixture(scope="module")
+def rig() -> SyntheticRig:
+    return SyntheticRig.render(seed=3, width=WIDTH, names=CAMERAS)
+
+
+@pytest.fixture(scope="module")
+def graph(rig, tmp_path_factory, ros_domain_id):
+    """(node process, driver, probe) on this session's ROS domain."""
+    calibration = tmp_path_factory.mktemp("rig") / "rig.yaml"
+    save_rig_calibration(calibration, "rig", {v.name: v.calibration for v in rig.views})
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id))
+    node = subprocess.Popen(
+        [sys.executable, "-m", "threer_ros.ros.node", "--ros-args",
+         "-p", f"rig_calibration:={calibration}", "-p", "backend:=mvs", "-p", "device:=cpu",
+         "-p", f"working_width:={WIDTH}", "-p", "min_cameras:=12", "-p", "max_rate:=0.0",
+         "-p", "sync_tolerance:=0.005"], env=env)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain_id)
+    driver, probe = RigDriver(rig), OutputProbe()
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(driver)
+    executor.add_node(probe)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    assert probe.wait_for(lambda r: r.diagnostics, WAIT), "the node published no diagnostics"
+    yield node, driver, probe
+    executor.shutdown()
+    driver.destroy_node()
+    probe.destroy_node()
+    rclpy.shutdown(context=context)
+    node.terminate()
+    node.wait(timeout=20)
+
+
+def _reconstructions(probe: OutputProbe) -> int:
+    status = probe.latest_status(PIPELINE)
+    return int(_values(status)["reconstructions"]) if status else 0
+
+
+def _camera_status(probe: OutputProbe, camera: str) -> dict[str, str]:
+    return _values(probe.latest_status(f"threer_ros: camera {camera}"))
+
+
+def test_sixteen_cameras_in_one_cloud_and_sixteen_frames_out(graph, rig):
+    node, driver, probe = graph
+    done = _reconstructions(probe)
+    driver.publish_set(10_000_000_000)
+    assert probe.wait_for(lambda r: r.clouds and _reconstructions(probe) > done, WAIT)
+    cloud = probe.recorded.clouds[-1]
+    assert cloud.header.frame_id == "rig"
+    assert (cloud.header.stamp.sec, cloud.header.stamp.nanosec) >= (10, 0)
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "confidence"]
+    points, colors, confidence = cloud_from_msg(cloud)
+    assert len(points) > 1000 and np.isfinite(points).all()
+    # the head is ~0.2 m across around the rig origin
+    assert np.all(np.abs(np.median(points, axis=0)) < 0.1)
+    assert probe.wait_for(lambda r: len(r.tf_static) == len(CAMERAS), WAIT)
+    for view in rig.views:
+        t = probe.recorded.tf_static[f"{view.name}_optical_frame"]
+        assert t.header.frame_id == "rig"
+        centre = [t.transform.translation.x, t.transform.translation.y, t.transform.translation.z]
+        np.testing.assert_allclose(centre, view.calibration.cam_to_rig[:3, 3], atol=1e-6)
+    assert probe.recorded.poses and len(probe.recorded.poses[-1].poses) == len(CAMERAS)
+    statuses = {s.name for s in probe.recorded.diagnostics[-1].status}
+    assert {f"threer_ros: camera {c}" for c in CAMERAS} <= statuses
+    assert node.poll() is None
+
+
+def test_a_silent_camera_still_gives_a_partial_set_that_names_it(graph):
+    node, driver, probe = graph
+    done = _reconstructions(probe)
+    driver.publish_set(20_000_000_000, cameras=CAMERAS[:-1])
+    # the set is complete only after the tolerance: the next set's frames age it out
+    driver.publish_set(21_000_000_000, cameras=CAMERAS[:-1])
+    assert probe.wait_for(lambda r: _reconstructions(probe) > done, WAIT)
+    assert probe.wait_for(
+        lambda r: SILENT in _values(probe.latest_status(PIPELINE))["missing_cameras_last_set"],
+        WAIT)
+    assert node.poll() is None
+
+
+@pytest.mark.parametrize("problem", ["encoding", "truncated", "resolution"])
+def test_bad_images_are_rejected_counted_and_the_node_keeps_working(graph, rig, problem):
+    node, driver, probe = graph
+    camera = CAMERAS[1]
+    rejected = int(_camera_status(probe, camera)["rejected"])
+    view = next(v for v in rig.views if v.name == camera)
+    fields = image_to_msg_fields(view.image, "rgb8")
+    if problem == "encoding":
+        fields["encoding"] = "32FC1"
+    elif problem == "truncated":
+        fields["data"] = bytes(fields["data"])[: len(fields["data"]) // 2]
+    else:
+        small = view.image[::2, ::2].copy()
+        fields = image_to_msg_fields(small, "rgb8")
+    driver.publish_image(camera, 30_000_000_000, fields)
+    assert probe.wait_for(
+        lambda r: int(_camera_status(probe, camera)["rejected"]) == rejected + 1, WAIT)
+    status = probe.latest_status(f"threer_ros: camera {camera}")
+    assert camera in status.name and status.message  # the reason is shown to the operator
+    done = _reconstructions(probe)
+    driver.publish_set(40_000_000_000 + 1_000_000_000 * len(problem))
+    assert probe.wait_for(lambda r: _reconstructions(probe) > done, WAIT)
+    assert node.poll() is None
+
+
+def test_stamps_going_backwards_do_not_break_the_node(graph):
+    node, driver, probe = graph
+    done = _reconstructions(probe)
+    driver.publish_set(5_000_000_000)   # older than everything so far: e.g. a bag restarted
+    driver.publish_set(5_500_000_000)
+    assert probe.wait_for(lambda r: _reconstructions(probe) > done, WAIT)
+    assert node.poll() is None

@@ -1,0 +1,58 @@
+"""``threer-ros``: the one command-line entry point, with sub-commands.
+
+Each sub-command lives with the code it drives; a module that offers one exposes
+``register(subparsers)`` which adds its parser and sets ``func`` to a callable taking the parsed
+arguments and returning the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules that contribute sub-commands, in the order ``--help`` lists them.
+_COMMAND_MODULES = (
+    "threer_ros.ros.demo",
+    "threer_ros.ros.replay",
+    "threer_ros.bench",
+    "threer_ros.weights",
+)
+
+
+def _needs_ros(name: str, error: ImportError):
+    def explain(_args: argparse.Namespace) -> int:
+        print(f"threer-ros: this command needs ROS 2 (import failed: {error}). Source a ROS 2 "
+              "installation (Humble, Jazzy, Kilted) or use the project's venv: make venv",
+              file=sys.stderr)
+        return 2
+    return explain
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="threer-ros",
+        description="Multi-camera 3D reconstruction with Fast3R, MASt3R, Pow3R and plane-sweep "
+                    "stereo, for ROS 2 and offline.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            if not name.startswith("threer_ros.ros."):
+                raise
+            command = name.rsplit(".", 1)[1]
+            sub.add_parser(command, help="(needs ROS 2)").set_defaults(
+                func=_needs_ros(command, exc))
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The one configuration source: ``config/capture.yaml`` (ROS parameter file format).
+
+The node declares its parameters with the defaults read from this file; the launch file and
+``threer-ros`` pass the same file. Nothing else holds default settings.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_NAME = "capture.yaml"
+
+
+def default_config_path() -> Path:
+    """Locate the installed (colcon or pip) or checked-out ``config/capture.yaml``."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        candidates.append(Path(get_package_share_directory("threer_ros")) / "config")
+    except Exception:  # noqa: BLE001 - ament index absent or package not in it
+        pass
+    candidates += [Path(sys.prefix) / "share" / "threer_ros" / "config",
+                   Path(__file__).resolve().parents[1] / "config"]
+    for folder in candidates:
+        if (folder / CONFIG_NAME).is_file():
+            return folder / CONFIG_NAME
+    raise FileNotFoundError(f"{CONFIG_NAME} not found in any of {[str(c) for c in candidates]}; "
+                            "reinstall threer_ros")
+
+
+def read_parameters(path: str | Path | None = None, node_name: str = "threer_capture"
+                    ) -> dict[str, Any]:
+    """Return the ``ros__parameters`` of a parameter file for ``node_name`` (or ``/**``)."""
+    path = Path(path) if path else default_config_path()
+    doc = yaml.safe_load(path.read_text()) or {}
+    params: dict[str, Any] = {}
+    for key in ("/**", node_name, f"/{node_name}"):
+        section = doc.get(key)
+        if isinstance(section, dict):
+            params.update(section.get("ros__parameters", {}))
+    if not params:
+        raise ValueError(f"{path}: no 'ros__parameters' for '/**' or '{node_name}'")
+    return params

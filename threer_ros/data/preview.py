@@ -1,0 +1,53 @@
+"""Render a point cloud to a PNG preview from a pinhole viewpoint (numpy z-buffer splats)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def render_points(points: np.ndarray, colors: np.ndarray, cam_to_world: np.ndarray,
+                  size: tuple[int, int] = (480, 640), splat: int = 2,
+                  background: tuple[int, int, int] = (40, 40, 40)) -> np.ndarray:
+    """Render ``points`` (P, 3) seen from the optical frame ``cam_to_world`` (4x4).
+
+    The focal length is chosen so the cloud fills ~90% of the view. Returns an (H, W, 3) uint8
+    image; nearer points hide farther ones.
+    """
+    height, width = size
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = background
+    world_to_cam = np.linalg.inv(cam_to_world)
+    cam = points @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
+    front = cam[:, 2] > 1e-6
+    cam, colors = cam[front], colors[front]
+    if len(cam) == 0:
+        return image
+    xy = cam[:, :2] / cam[:, 2:3]
+    extent = np.percentile(np.abs(xy), 99.5, axis=0) + 1e-9
+    focal = 0.45 * min(width / extent[0], height / extent[1])
+    u = np.round(focal * xy[:, 0] + width / 2).astype(np.int64)
+    v = np.round(focal * xy[:, 1] + height / 2).astype(np.int64)
+    order = np.argsort(-cam[:, 2])  # far to near: nearer points are written last
+    u, v, colors = u[order], v[order], colors[order]
+    for du in range(splat):
+        for dv in range(splat):
+            uu, vv = u + du, v + dv
+            ok = (uu >= 0) & (uu < width) & (vv >= 0) & (vv < height)
+            image[vv[ok], uu[ok]] = colors[ok]
+    return image
+
+
+def save_preview(path: str | Path, panels: list[np.ndarray]) -> None:
+    """Save images side by side (scaled to the first panel's height) as one PNG."""
+    height = panels[0].shape[0]
+    scaled = []
+    for panel in panels:
+        h, w = panel.shape[:2]
+        img = Image.fromarray(panel)
+        if h != height:
+            img = img.resize((round(w * height / h), height), Image.BILINEAR)
+        scaled.append(np.asarray(img))
+    Image.fromarray(np.concatenate(scaled, axis=1)).save(path)

@@ -1,0 +1,57 @@
+"""PyTorch re-implementations of Fast3R, MASt3R, Pow3R (and DUSt3R) with the official contract.
+
+* :func:`build_model` makes a network from a :class:`ModelSpec` (no weights; works under
+  ``torch.device('meta')``).
+* :func:`load_model` recognises an official checkpoint, builds its network and loads the
+  released weights strictly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from threer_ros.models.checkpoint import CheckpointError, load_state, read_checkpoint
+from threer_ros.models.spec import DPTWidths, ModelSpec, SpecError, parse_constructor
+
+#: Checkpoint class name -> module of threer_ros.models that provides ``build(spec)``.
+_BUILDERS = {
+    "AsymmetricCroCo3DStereo": "dust3r",
+    "AsymmetricMASt3R": "mast3r",
+    "Pow3R": "pow3r",
+    "Fast3R": "fast3r",
+}
+
+
+def build_model(spec: ModelSpec | str) -> nn.Module:
+    """Build the network a checkpoint declares (a :class:`ModelSpec` or a constructor string)."""
+    if isinstance(spec, str):
+        spec = parse_constructor(spec)
+    if spec.name not in _BUILDERS:
+        raise SpecError(f"unknown model {spec.name!r}; supported: {', '.join(_BUILDERS)}")
+    module = importlib.import_module(f"threer_ros.models.{_BUILDERS[spec.name]}")
+    return module.build(spec)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Load an official checkpoint (file or Fast3R folder) into our implementation.
+
+    Returns the module in eval mode on ``device`` with parameters cast to ``dtype``.
+
+    Raises:
+        CheckpointError: missing, truncated, tampered or mismatching checkpoint (the message
+            names the file and the problem).
+    """
+    spec, state = read_checkpoint(path)
+    with torch.device("meta"):
+        model = build_model(spec)
+    load_state(Path(path), model, state)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+__all__ = ["CheckpointError", "DPTWidths", "ModelSpec", "SpecError", "build_model",
+           "load_model", "parse_constructor"]

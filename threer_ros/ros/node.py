@@ -1,0 +1,386 @@
+"""The capture node: N camera topics in, a fused PointCloud2, camera TF frames and diagnostics out.
+
+A thin adapter (DESIGN.md): messages -> :class:`Frame` -> synchroniser -> a backend on a worker
+thread -> :class:`Reconstruction` -> messages. All settings are ROS parameters whose defaults
+come from ``config/capture.yaml``.
+
+Topics (names from the parameters):
+
+* in: ``<camera>/image_raw`` (``Image``, or ``CompressedImage`` on ``.../compressed``) and
+  ``<camera>/camera_info``, sensor-data QoS;
+* out (reliable): ``points`` (PointCloud2 in ``output_frame``: x, y, z, rgb, confidence),
+  ``camera_poses`` (PoseArray), ``/tf`` or ``/tf_static`` (``output_frame`` ->
+  ``<camera>_optical_frame``; static when the poses are the calibration), ``/diagnostics``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseArray
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
+
+from threer_ros.config import read_parameters
+from threer_ros.data.calibration import RigCalibration, load_rig_calibration
+from threer_ros.pipeline.backends import BackendOptions, make_reconstructor, resolve_device
+from threer_ros.pipeline.frames import FramePreparer
+from threer_ros.pipeline.types import CameraCalibration, Frame, FrameSet, Reconstruction
+from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration, cloud_to_msg,
+                                    image_from_msg, pose_array_msg, transform_msgs)
+from threer_ros.ros.sync import FrameSynchronizer
+from threer_ros.ros.worker import LatestSetWorker
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The node's parameters (documented in ``config/capture.yaml``)."""
+
+    cameras: tuple[str, ...]
+    image_topic: str
+    camera_info_topic: str
+    image_transport: str
+    rig_calibration: str
+    sync_tolerance: float
+    min_cameras: int
+    max_rate: float
+    backend: str
+    checkpoint: str
+    device: str
+    working_width: int
+    output_frame: str
+    confidence_threshold: float
+    voxel_size: float
+    max_points: int
+    cloud_topic: str
+    poses_topic: str
+
+    @classmethod
+    def declare(cls, node: Node) -> "NodeSettings":
+        """Declare every parameter on ``node`` (defaults from the config file) and read them."""
+        defaults = read_parameters()
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            default = defaults[f.name]
+            values[f.name] = node.declare_parameter(f.name, default).value
+        values["cameras"] = tuple(values["cameras"])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the parameter when a value is unusable."""
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"parameter 'cameras' must list distinct names, got {self.cameras}")
+        if self.image_transport not in ("raw", "compressed"):
+            raise ValueError(f"parameter 'image_transport' is {self.image_transport!r}: "
+                             "use raw or compressed")
+        if not 1 <= self.min_cameras <= len(self.cameras):
+            raise ValueError(f"parameter 'min_cameras' = {self.min_cameras} must be between 1 "
+                             f"and the number of cameras ({len(self.cameras)})")
+        if self.sync_tolerance <= 0:
+            raise ValueError("parameter 'sync_tolerance' must be > 0 seconds")
+
+    def topic(self, template: str, camera: str) -> str:
+        return template.replace("{camera}", camera)
+
+
+@dataclass
+class CameraStats:
+    """Per-camera input counters for /diagnostics."""
+
+    received: int = 0
+    rejected: int = 0
+    last_error: str = ""
+    arrivals: list[float] = field(default_factory=list)  # monotonic seconds, last 30
+
+    def arrived(self, now: float) -> None:
+        self.received += 1
+        self.arrivals.append(now)
+        del self.arrivals[:-30]
+
+    def rate_hz(self, now: float) -> float:
+        recent = [t for t in self.arrivals if now - t < 5.0]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _stamp_msg(stamp_ns: int):
+    from builtin_interfaces.msg import Time
+    return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+
+
+class CaptureNode(Node):
+    """Reconstruction node; see the module docstring for topics and frames."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("threer_capture", **kwargs)
+        self.settings = NodeSettings.declare(self)
+        s = self.settings
+        self._lock = threading.Lock()
+        self._rig: RigCalibration | None = None
+        if s.rig_calibration:
+            self._rig = load_rig_calibration(s.rig_calibration)
+        self._camera_info: dict[str, CameraCalibration] = {}
+        self._stats = {c: CameraStats() for c in s.cameras}
+        self._preparer = FramePreparer(s.working_width)
+        self._sync = FrameSynchronizer(s.cameras, tolerance_ns=int(s.sync_tolerance * 1e9),
+                                       min_cameras=s.min_cameras)
+        self._last_recon: Reconstruction | None = None
+        self._last_missing: tuple[str, ...] = ()
+        self._last_latency_s = float("nan")
+        self._published_points = 0
+        self._static_sent: tuple[str, ...] = ()
+        self._last_transforms: list = []
+        self._warned: set[tuple[str, str]] = set()
+        self._backend_error = ""
+        self._reconstructor = None
+        try:
+            options = BackendOptions(device=resolve_device(s.device), checkpoint=s.checkpoint,
+                                     working_width=s.working_width, voxel_size=s.voxel_size,
+                                     confidence_threshold=s.confidence_threshold)
+            self._reconstructor = make_reconstructor(s.backend, options)
+        except (ValueError, OSError, RuntimeError) as exc:
+            self._backend_error = f"backend {s.backend!r} unavailable: {exc}"
+            self.get_logger().error(self._backend_error)
+
+        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
+                              history=HistoryPolicy.KEEP_LAST)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             history=HistoryPolicy.KEEP_LAST)
+        self._cloud_pub = self.create_publisher(PointCloud2, s.cloud_topic, reliable)
+        self._poses_pub = self.create_publisher(PoseArray, s.poses_topic, reliable)
+        self._tf_pub = self.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
+        self._tf_static_pub = self.create_publisher(TFMessage, "/tf_static", latched)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
+        for camera in s.cameras:
+            self._subscribe(camera)
+        self._worker: LatestSetWorker = LatestSetWorker(
+            self._reconstruct, self._publish, self._report_failure, max_rate=s.max_rate)
+        self.create_timer(1.0, self._on_timer)
+        self.get_logger().info(
+            f"reconstructing {len(s.cameras)} cameras with backend {s.backend!r} into frame "
+            f"{s.output_frame!r}; calibration: {s.rig_calibration or 'CameraInfo only'}")
+
+    # --- inputs ---------------------------------------------------------------------------
+    def _subscribe(self, camera: str) -> None:
+        s = self.settings
+        topic = s.topic(s.image_topic, camera)
+        if s.image_transport == "compressed":
+            self.create_subscription(CompressedImage, topic + "/compressed",
+                                     lambda m, c=camera: self._on_image(c, m),
+                                     qos_profile_sensor_data)
+        else:
+            self.create_subscription(Image, topic, lambda m, c=camera: self._on_image(c, m),
+                                     qos_profile_sensor_data)
+        if s.camera_info_topic:
+            self.create_subscription(CameraInfo, s.topic(s.camera_info_topic, camera),
+                                     lambda m, c=camera: self._on_camera_info(c, m),
+                                     qos_profile_sensor_data)
+
+    def _reject(self, camera: str, reason: str, message: str) -> None:
+        """Count a bad message and log it (one line; repeated reasons are throttled)."""
+        stats = self._stats[camera]
+        stats.rejected += 1
+        stats.last_error = message
+        if (camera, reason) not in self._warned:
+            self._warned.add((camera, reason))
+            self.get_logger().error(f"dropped a message from {camera}: {message}")
+        else:
+            self.get_logger().warn(f"dropped a message from {camera}: {message}",
+                                   throttle_duration_sec=10.0)
+
+    def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        try:
+            calib = camera_info_to_calibration(msg)
+        except ValueError as exc:
+            self._reject(camera, "camera_info", str(exc))
+            return
+        if calib is not None:
+            self._camera_info[camera] = calib
+
+    def _calibration(self, camera: str) -> CameraCalibration | None:
+        info = self._camera_info.get(camera)
+        if self._rig is not None:
+            return self._rig.calibration_for(camera, info)
+        return info
+
+    def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
+        now = time.monotonic()
+        self._stats[camera].arrived(now)
+        stamp_ns = _stamp_ns(msg.header.stamp)
+        try:
+            rgb = image_from_msg(msg)
+            frame = self._preparer.prepare(camera, rgb, stamp_ns, self._calibration(camera))
+        except (ImageDecodeError, ValueError) as exc:
+            self._reject(camera, type(exc).__name__, str(exc))
+            return
+        now_ns = self.get_clock().now().nanoseconds
+        for synced in self._sync.add(camera, stamp_ns, frame, now_ns=now_ns):
+            self._submit(synced, now)
+
+    def _submit(self, synced, arrival: float) -> None:
+        frames = tuple(synced.items[c] for c in self.settings.cameras if c in synced.items)
+        frames = self._consistent_resolution(frames)
+        missing = tuple(c for c in self.settings.cameras if c not in {f.camera for f in frames})
+        if len(frames) < self.settings.min_cameras:
+            return
+        self._last_missing = missing
+        if self._reconstructor is None:
+            return
+        self._worker.submit((FrameSet(frames, synced.stamp_ns, missing), arrival))
+
+    def _consistent_resolution(self, frames: tuple[Frame, ...]) -> tuple[Frame, ...]:
+        """Keep the frames with the rig's majority resolution; name and count the others."""
+        sizes = [f.image.shape[:2] for f in frames]
+        majority = max(set(sizes), key=sizes.count)
+        for f, size in zip(frames, sizes):
+            if size != majority:
+                self._reject(f.camera, "resolution",
+                             f"image is {size[1]}x{size[0]} while the other cameras send "
+                             f"{majority[1]}x{majority[0]}; excluded from the set")
+        return tuple(f for f, size in zip(frames, sizes) if size == majority)
+
+    # --- worker thread --------------------------------------------------------------------
+    def _reconstruct(self, item: tuple[FrameSet, float]) -> Reconstruction:
+        return self._reconstructor.reconstruct(item[0])
+
+    def _report_failure(self, item: tuple[FrameSet, float], exc: BaseException) -> None:
+        self.get_logger().error(f"reconstruction of the set at {item[0].stamp_ns} ns failed: "
+                                f"{type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+
+    def _publish(self, item: tuple[FrameSet, float], recon: Reconstruction) -> None:
+        s = self.settings
+        started = time.perf_counter()
+        points, colors, conf = recon.points, recon.colors, recon.confidence
+        keep = np.isfinite(points).all(axis=1) & (conf >= s.confidence_threshold)
+        points, colors, conf = points[keep], colors[keep], conf[keep]
+        if len(points) > s.max_points:
+            idx = np.random.default_rng(recon.stamp_ns).choice(len(points), s.max_points,
+                                                               replace=False)
+            idx.sort()
+            points, colors, conf = points[idx], colors[idx], conf[idx]
+        header = Header(stamp=_stamp_msg(recon.stamp_ns), frame_id=s.output_frame)
+        self._cloud_pub.publish(cloud_to_msg(header, points, colors, conf))
+        self._poses_pub.publish(pose_array_msg(header, recon.cam_to_rig))
+        transforms = transform_msgs(s.output_frame, [f"{c}_optical_frame" for c in recon.cameras],
+                                    recon.cam_to_rig, header.stamp)
+        if recon.poses_from_calibration:
+            if recon.cameras != self._static_sent:
+                self._tf_static_pub.publish(TFMessage(transforms=transforms))
+                self._static_sent = recon.cameras
+        else:
+            self._tf_pub.publish(TFMessage(transforms=transforms))
+        recon.timings_s["publish"] = time.perf_counter() - started
+        with self._lock:
+            self._last_transforms = [] if recon.poses_from_calibration else transforms
+            self._last_recon = recon
+            self._published_points = len(points)
+            self._last_latency_s = time.monotonic() - item[1]
+        self.get_logger().info(
+            f"published {len(points)} points from {len(recon.cameras)} cameras; "
+            + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in recon.timings_s.items()))
+
+    # --- diagnostics ----------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        with self._lock:
+            transforms = self._last_transforms
+        if transforms:  # keep estimated camera frames alive for late tf2 listeners / RViz
+            stamp = self.get_clock().now().to_msg()
+            for t in transforms:
+                t.header.stamp = stamp
+            self._tf_pub.publish(TFMessage(transforms=transforms))
+        self._diag_pub.publish(self.diagnostics())
+
+    def diagnostics(self) -> DiagnosticArray:
+        """Current status: one pipeline entry and one entry per camera."""
+        now = time.monotonic()
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        sync, work = self._sync.stats, self._worker.stats
+        with self._lock:
+            recon, latency = self._last_recon, self._last_latency_s
+        values = {
+            "backend": self.settings.backend,
+            "sets_completed": sync.completed, "sets_partial": sync.partial,
+            "sets_dropped_sync": sync.dropped, "sets_dropped_busy": work.dropped,
+            "sets_rate_limited": work.rate_limited, "reconstructions": work.completed,
+            "reconstruction_failures": work.failed,
+            "missing_cameras_last_set": ",".join(self._last_missing),
+            "points_published": self._published_points,
+            "end_to_end_latency_s": f"{latency:.4f}",
+        }
+        if recon is not None:
+            values.update({f"stage_{k}_s": f"{v:.4f}" for k, v in recon.timings_s.items()})
+            values.update({k: f"{v:.6g}" for k, v in recon.info.items()})
+        if self._backend_error:
+            level, message = DiagnosticStatus.ERROR, self._backend_error
+        elif work.failed and (recon is None):
+            level, message = DiagnosticStatus.ERROR, "every reconstruction failed so far"
+        elif self._last_missing:
+            level, message = DiagnosticStatus.WARN, f"missing cameras: {', '.join(self._last_missing)}"
+        else:
+            level, message = DiagnosticStatus.OK, "reconstructing"
+        array.status.append(self._status("threer_ros: pipeline", level, message, values))
+        for camera, st in self._stats.items():
+            rate = st.rate_hz(now)
+            level = DiagnosticStatus.OK if rate > 0 and not st.rejected else DiagnosticStatus.WARN
+            msg = "receiving" if rate > 0 else "no images"
+            if st.rejected:
+                msg = f"{st.rejected} messages rejected; last: {st.last_error}"
+            array.status.append(self._status(
+                f"threer_ros: camera {camera}", level, msg,
+                {"rate_hz": f"{rate:.2f}", "received": st.received, "rejected": st.rejected,
+                 "has_camera_info": camera in self._camera_info}))
+        return array
+
+    def _status(self, name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
+        return DiagnosticStatus(level=level, name=name, message=message[:500],
+                                hardware_id=self.get_name(),
+                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+    def destroy_node(self) -> None:
+        self._worker.stop()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``capture_node`` / ``ros2 run threer_ros capture_node``."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = CaptureNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"capture_node: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

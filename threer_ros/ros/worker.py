@@ -1,0 +1,104 @@
+"""Background reconstruction thread with a newest-set-wins slot (plain Python, no ROS).
+
+The ROS executor hands complete frame sets to :meth:`LatestSetWorker.submit` and returns at
+once. A single worker thread reconstructs the newest pending set; a set that is replaced before
+the worker takes it is dropped and counted, so inference never blocks the executor and never
+falls behind the cameras.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class WorkerStats:
+    """Counters of a :class:`LatestSetWorker` (monotonic; read for diagnostics)."""
+
+    submitted: int = 0
+    dropped: int = 0       # replaced by a newer set before the worker took it
+    rate_limited: int = 0  # dropped because the last reconstruction started < 1/max_rate ago
+    completed: int = 0
+    failed: int = 0
+    last_duration_s: float = 0.0
+
+
+class LatestSetWorker(Generic[T, R]):
+    """Run ``process(item)`` on a worker thread for the newest submitted item.
+
+    Args:
+        process: The work (e.g. a backend's ``reconstruct``); runs on the worker thread.
+        on_result: Called on the worker thread with ``(item, result)``.
+        on_error: Called on the worker thread with ``(item, exception)``; the worker continues.
+        max_rate: Start at most this many jobs per second (0 = unlimited); items arriving
+            sooner are dropped and counted as ``rate_limited``.
+    """
+
+    def __init__(self, process: Callable[[T], R], on_result: Callable[[T, R], None],
+                 on_error: Callable[[T, BaseException], None], max_rate: float = 0.0,
+                 name: str = "reconstruction") -> None:
+        self._process = process
+        self._on_result = on_result
+        self._on_error = on_error
+        self._min_period = 1.0 / max_rate if max_rate > 0 else 0.0
+        self._cond = threading.Condition()
+        self._pending: T | None = None
+        self._busy = False
+        self._stopping = False
+        self._last_start = -float("inf")
+        self.stats = WorkerStats()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: T) -> None:
+        """Offer ``item``; it replaces a pending item that the worker has not started."""
+        with self._cond:
+            self.stats.submitted += 1
+            if self._pending is not None:
+                self.stats.dropped += 1
+            elif not self._busy and time.monotonic() - self._last_start < self._min_period:
+                self.stats.rate_limited += 1
+                return
+            self._pending = item
+            self._cond.notify()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is pending or running; True unless ``timeout`` expired."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending is None and not self._busy,
+                                       timeout=timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the running job (pending items are discarded) and end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._pending = None
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None or self._stopping)
+                if self._stopping:
+                    return
+                item, self._pending = self._pending, None
+                self._busy = True
+                self._last_start = time.monotonic()
+            try:
+                self._on_result(item, self._process(item))
+                self.stats.completed += 1
+            except Exception as exc:  # noqa: BLE001 - reported; the worker must survive
+                self.stats.failed += 1
+                self._on_error(item, exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self.stats.last_duration_s = time.monotonic() - self._last_start
+                    self._cond.notify_all()
