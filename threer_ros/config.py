@@ -16,15 +16,14 @@ CONFIG_NAME = "capture.yaml"
 
 
 def default_config_path() -> Path:
-    """Locate the installed (colcon or pip) or checked-out ``config/capture.yaml``."""
-    candidates = []
+    """Locate ``config/capture.yaml``: of the checkout (editable installs), else installed."""
+    candidates = [Path(__file__).resolve().parents[1] / "config"]
     try:
         from ament_index_python.packages import get_package_share_directory
         candidates.append(Path(get_package_share_directory("threer_ros")) / "config")
     except Exception:  # noqa: BLE001 - ament index absent or package not in it
         pass
-    candidates += [Path(sys.prefix) / "share" / "threer_ros" / "config",
-                   Path(__file__).resolve().parents[1] / "config"]
+    candidates.append(Path(sys.prefix) / "share" / "threer_ros" / "config")
     for folder in candidates:
         if (folder / CONFIG_NAME).is_file():
             return folder / CONFIG_NAME

@@ -233,8 +233,7 @@ class CaptureNode(Node):
         except (ImageDecodeError, ValueError) as exc:
             self._reject(camera, type(exc).__name__, str(exc))
             return
-        now_ns = self.get_clock().now().nanoseconds
-        for synced in self._sync.add(camera, stamp_ns, frame, now_ns=now_ns):
+        for synced in self._sync.add(camera, stamp_ns, frame):
             self._submit(synced, now)
 
     def _submit(self, synced, arrival: float) -> None:

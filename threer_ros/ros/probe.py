@@ -34,11 +34,12 @@ class OutputProbe(Node):
     Args:
         cloud_topic, poses_topic: Topic names as configured on the capture node.
         keep_clouds: How many clouds to keep in memory.
+        node_kwargs: Passed to ``rclpy.node.Node`` (e.g. ``context``).
     """
 
     def __init__(self, cloud_topic: str = "/points", poses_topic: str = "/camera_poses",
-                 keep_clouds: int = 4) -> None:
-        super().__init__("threer_output_probe")
+                 keep_clouds: int = 4, **node_kwargs) -> None:
+        super().__init__("threer_output_probe", **node_kwargs)
         self.recorded = Recorded()
         self._keep = keep_clouds
         self._cond = threading.Condition()

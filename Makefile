@@ -1,0 +1,18 @@
+# Two entry points: `make demo` and `make test`; each sets up .venv first (fast when complete).
+VENV := .venv
+SETUP := bash scripts/setup_env.sh
+PYTEST_FLAGS ?= -q -p no:cacheprovider --timeout=900
+
+.PHONY: venv test demo clean
+
+venv:
+	@$(SETUP)
+
+test: venv
+	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS) test
+
+demo: venv
+	$(VENV)/bin/threer-ros demo
+
+clean:
+	rm -rf $(VENV) build install log out .pytest_cache

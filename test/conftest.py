@@ -1,0 +1,26 @@
+"""Shared fixtures: the parity fixtures' location and a ROS domain unique to this test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    """``../shared/fixtures/parity`` beside the checkout (CI clones with shared/ beside it)."""
+    path = REPO.parent / "shared" / "fixtures" / "parity"
+    if not (path / "index.json").is_file():
+        pytest.fail(f"parity fixtures not found at {path}: clone the repository with shared/ "
+                    "beside it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ros_domain_id() -> int:
+    """A ROS_DOMAIN_ID in 1..100 derived from the process id, so parallel runs don't meet."""
+    return 1 + os.getpid() % 100

@@ -1,0 +1,208 @@
+"""A synthetic 16-camera capture with exact ground truth, arranged like the NeRSemble dome.
+
+Scene: a head-sized union of ellipsoids (skull, face, nose, ears, neck; about 0.17 m wide,
+0.24 m tall) with a seeded procedural colour texture and Lambertian shading under a fixed
+light (so colours do not depend on the viewpoint), in front of an empty (black) background.
+
+Rig frame (``rig``, metres, REP-103 body axes): origin at the head centre, x forward (out of
+the face, towards the cameras), y to the subject's left, z up. Cameras sit on a sphere of
+radius ``distance`` around the origin in two rows (elevation +/- 16 degrees) spanning 93 degrees
+of azimuth, all looking at the origin, portrait images like the real rig (W:H = 2200:3208).
+Camera names are given by the caller (the config's order: first row, then second row; within
+a row from the subject's right to left).
+
+Rendering is exact ray casting of the ellipsoids (no iterations), vectorised in torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from threer_ros.geometry.transforms import look_at
+from threer_ros.pipeline.types import CameraCalibration, Frame, FrameSet
+
+#: (centre xyz, radii xyz) of the ellipsoids that make the head, metres, rig frame.
+HEAD_ELLIPSOIDS = (
+    ((0.000, 0.000, 0.020), (0.095, 0.078, 0.110)),    # skull
+    ((0.035, 0.000, -0.030), (0.070, 0.066, 0.090)),   # face and jaw
+    ((0.100, 0.000, -0.010), (0.028, 0.014, 0.026)),   # nose
+    ((-0.005, 0.079, 0.000), (0.012, 0.010, 0.028)),   # left ear
+    ((-0.005, -0.079, 0.000), (0.012, 0.010, 0.028)),  # right ear
+    ((-0.010, 0.000, -0.130), (0.050, 0.050, 0.080)),  # neck
+)
+ASPECT = 3208 / 2200          # height / width of the NeRSemble cameras
+LIGHT = np.array([0.8, 0.3, 0.5]) / np.linalg.norm([0.8, 0.3, 0.5])
+
+
+@dataclass(frozen=True)
+class SyntheticView:
+    """One rendered camera.
+
+    Attributes:
+        name: Camera name.
+        image: H x W x 3 uint8 RGB.
+        depth: H x W float32 depth along the optical z axis in metres; NaN where no surface.
+        calibration: Intrinsics and camera-to-rig pose (metres).
+    """
+
+    name: str
+    image: np.ndarray
+    depth: np.ndarray
+    calibration: CameraCalibration
+
+
+def rig_poses(count: int, distance: float = 1.0, azimuth_span_deg: float = 93.0,
+              elevation_deg: float = 16.0) -> list[np.ndarray]:
+    """Camera-to-rig poses of ``count`` cameras in two rows (one row if ``count`` is odd or < 4)."""
+    rows = 2 if count >= 4 and count % 2 == 0 else 1
+    per_row = count // rows
+    elevations = [elevation_deg, -elevation_deg] if rows == 2 else [0.0]
+    poses = []
+    for elevation in elevations:
+        for i in range(per_row):
+            azimuth = np.radians(-azimuth_span_deg / 2 + azimuth_span_deg * i / max(per_row - 1, 1))
+            el = np.radians(elevation)
+            centre = distance * np.array([np.cos(el) * np.cos(azimuth),
+                                          np.cos(el) * np.sin(azimuth), np.sin(el)])
+            poses.append(look_at(centre, np.zeros(3), np.array([0.0, 0.0, 1.0])))
+    return poses
+
+
+def intrinsics(width: int, field_height_m: float = 0.30, distance: float = 1.0
+               ) -> tuple[np.ndarray, int]:
+    """Pinhole K for a portrait image ``width`` wide that sees ``field_height_m`` at ``distance``."""
+    height = int(round(width * ASPECT))
+    focal = height * distance / field_height_m
+    K = np.array([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+    return K, height
+
+
+def _texture(points: torch.Tensor, seed: int) -> torch.Tensor:
+    """Seeded procedural RGB albedo in [0.15, 0.95] at (N, 3) surface points (metres)."""
+    g = torch.Generator().manual_seed(seed)
+    freqs = torch.randn(24, 3, generator=g, dtype=torch.float64)
+    freqs = freqs / freqs.norm(dim=1, keepdim=True) * (2 * np.pi) * \
+        torch.linspace(15.0, 160.0, 24, dtype=torch.float64)[:, None]
+    phases = torch.rand(24, generator=g, dtype=torch.float64) * 2 * np.pi
+    mix = torch.rand(24, 3, generator=g, dtype=torch.float64) - 0.5
+    waves = torch.sin(points @ freqs.T + phases)                 # (N, 24)
+    colour = 0.55 + (waves @ mix) / 3.0
+    return colour.clamp(0.15, 0.95)
+
+
+def _intersect(origins: torch.Tensor, dirs: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest hit of rays with the head ellipsoids: (distance along ray or inf, normal)."""
+    best = torch.full(dirs.shape[:1], float("inf"), dtype=dirs.dtype)
+    normal = torch.zeros_like(dirs)
+    for centre, radii in HEAD_ELLIPSOIDS:
+        c = torch.tensor(centre, dtype=dirs.dtype)
+        r = torch.tensor(radii, dtype=dirs.dtype)
+        o, d = (origins - c) / r, dirs / r
+        a = (d * d).sum(-1)
+        b = 2 * (o * d).sum(-1)
+        cc = (o * o).sum(-1) - 1
+        disc = b * b - 4 * a * cc
+        t = (-b - disc.clamp(min=0).sqrt()) / (2 * a)
+        hit = (disc >= 0) & (t > 0) & (t < best)
+        best = torch.where(hit, t, best)
+        p = origins + t[:, None] * dirs
+        n = (p - c) / (r * r)
+        normal = torch.where(hit[:, None], n / n.norm(dim=-1, keepdim=True), normal)
+    return best, normal
+
+
+def render_view(K: np.ndarray, width: int, height: int, cam_to_rig: np.ndarray, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Render RGB (uint8) and depth (float32 metres, NaN = background) of one camera."""
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                          torch.arange(width, dtype=torch.float64), indexing="ij")
+    pix = torch.stack([u.ravel(), v.ravel(), torch.ones(u.numel(), dtype=torch.float64)], -1)
+    rays_cam = pix @ torch.from_numpy(np.linalg.inv(K)).T          # z = 1
+    R = torch.from_numpy(cam_to_rig[:3, :3])
+    centre = torch.from_numpy(cam_to_rig[:3, 3])
+    dirs = rays_cam @ R.T
+    t, normal = _intersect(centre.expand_as(dirs), dirs)
+    hit = torch.isfinite(t)
+    points = centre + t[:, None] * dirs
+    albedo = _texture(points[hit], seed)
+    shade = 0.35 + 0.65 * (normal[hit] @ torch.from_numpy(LIGHT)).clamp(min=0)
+    rgb = torch.zeros(dirs.shape, dtype=torch.float64)
+    rgb[hit] = albedo * shade[:, None]
+    depth = torch.where(hit, t, torch.tensor(float("nan"), dtype=torch.float64))  # z = 1 rays
+    image = (rgb * 255).round().clamp(0, 255).to(torch.uint8).reshape(height, width, 3)
+    return image.numpy(), depth.reshape(height, width).to(torch.float32).numpy()
+
+
+@dataclass(frozen=True)
+class SyntheticRig:
+    """Rendered views of the synthetic head; see the module docstring for frames."""
+
+    views: tuple[SyntheticView, ...]
+    seed: int
+
+    @classmethod
+    def render(cls, seed: int = 0, width: int = 320, names: list[str] | tuple[str, ...] | None = None,
+               count: int = 16, distance: float = 1.0, image_noise: float = 0.0) -> "SyntheticRig":
+        """Render the rig deterministically from ``seed``.
+
+        Args:
+            seed: Texture and noise seed.
+            width: Image width in pixels (height follows the NeRSemble aspect ratio).
+            names: Camera names (defaults ``cam_00`` ...); their number sets the camera count.
+            count: Number of cameras when ``names`` is None.
+            distance: Camera distance to the head centre in metres.
+            image_noise: Standard deviation of Gaussian pixel noise, in grey levels.
+        """
+        names = tuple(names) if names is not None else tuple(f"cam_{i:02d}" for i in range(count))
+        K, height = intrinsics(width, distance=distance)
+        rng = np.random.default_rng(seed)
+        views = []
+        for name, pose in zip(names, rig_poses(len(names), distance)):
+            image, depth = render_view(K, width, height, pose, seed)
+            if image_noise > 0:
+                noisy = image + rng.normal(0.0, image_noise, image.shape)
+                image = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+            views.append(SyntheticView(name, image, depth,
+                                       CameraCalibration(K.copy(), width, height,
+                                                         cam_to_rig=pose)))
+        return cls(tuple(views), seed)
+
+    def surface_points(self, max_points: int = 200_000) -> np.ndarray:
+        """Ground-truth surface points seen by the cameras (rig frame, metres), subsampled."""
+        clouds = [backproject_depth(v.depth, v.calibration) for v in self.views]
+        points = np.concatenate(clouds)
+        if len(points) > max_points:
+            points = points[np.random.default_rng(self.seed).choice(len(points), max_points,
+                                                                    replace=False)]
+        return points
+
+    def frame_set(self, stamp_ns: int = 0) -> FrameSet:
+        """The views as a calibrated :class:`FrameSet` taken at ``stamp_ns``."""
+        return FrameSet(tuple(Frame(v.name, v.image, stamp_ns, v.calibration) for v in self.views),
+                        stamp_ns)
+
+
+def backproject_depth(depth: np.ndarray, calib: CameraCalibration) -> np.ndarray:
+    """Rig-frame points (P, 3) of the valid (finite, > 0) pixels of a z-depth map."""
+    v, u = np.nonzero(np.isfinite(depth) & (depth > 0))
+    z = depth[v, u].astype(np.float64)
+    rays = np.stack([u, v, np.ones_like(u)], 1) @ np.linalg.inv(calib.K).T
+    cam = rays * z[:, None]
+    return cam @ calib.cam_to_rig[:3, :3].T + calib.cam_to_rig[:3, 3]
+
+
+def signed_distance(points: np.ndarray) -> np.ndarray:
+    """Approximate signed distance (metres) of points to the head surface (0 on the surface).
+
+    Exact zero set; the magnitude is the ellipsoid's scaled algebraic distance (good near the
+    surface, which is what tests use it for).
+    """
+    values = []
+    for centre, radii in HEAD_ELLIPSOIDS:
+        q = (points - np.asarray(centre)) / np.asarray(radii)
+        values.append((np.linalg.norm(q, axis=-1) - 1.0) * min(radii))
+    return np.min(values, axis=0)

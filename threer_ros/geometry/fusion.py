@@ -1,0 +1,69 @@
+"""Point-cloud fusion and evaluation: voxel down-sampling, outlier removal, accuracy metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+
+def voxel_downsample(points: np.ndarray, colors: np.ndarray, confidence: np.ndarray,
+                     voxel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average points, colours and confidences per cubic voxel of edge ``voxel`` (metres).
+
+    Returns the inputs unchanged when ``voxel <= 0`` or the cloud is empty.
+    """
+    if voxel <= 0 or len(points) == 0:
+        return points, colors, confidence
+    keys = np.floor(points / voxel).astype(np.int64)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(counts),) + values.shape[1:], np.float64)
+        np.add.at(out, inverse, values)
+        return out / counts.reshape((-1,) + (1,) * (values.ndim - 1))
+
+    return (mean(points).astype(np.float32), np.round(mean(colors)).astype(np.uint8),
+            mean(confidence).astype(np.float32))
+
+
+def remove_statistical_outliers(points: np.ndarray, neighbours: int = 16,
+                                std_ratio: float = 2.0) -> np.ndarray:
+    """Boolean mask of inliers: mean distance to the ``neighbours`` nearest points is within
+    ``std_ratio`` standard deviations of the cloud's average (the usual statistical filter)."""
+    if len(points) <= neighbours:
+        return np.ones(len(points), bool)
+    distances, _ = cKDTree(points).query(points, k=neighbours + 1)
+    mean_distance = distances[:, 1:].mean(axis=1)
+    limit = mean_distance.mean() + std_ratio * mean_distance.std()
+    return mean_distance <= limit
+
+
+@dataclass(frozen=True)
+class CloudMetrics:
+    """Reconstruction quality against a ground-truth surface sample (metres, fractions).
+
+    Attributes:
+        mean: Mean distance of reconstructed points to the nearest ground-truth point.
+        median: Median of the same distances.
+        completeness: Fraction of ground-truth points within ``threshold`` of the reconstruction.
+        threshold: The distance used for completeness.
+    """
+
+    mean: float
+    median: float
+    completeness: float
+    threshold: float
+
+
+def accuracy_completeness(points: np.ndarray, truth: np.ndarray, threshold: float
+                          ) -> CloudMetrics:
+    """Accuracy (reconstruction -> truth) and completeness (truth -> reconstruction)."""
+    if len(points) == 0:
+        return CloudMetrics(float("inf"), float("inf"), 0.0, threshold)
+    to_truth, _ = cKDTree(truth).query(points)
+    to_recon, _ = cKDTree(points).query(truth, distance_upper_bound=threshold)
+    return CloudMetrics(float(np.mean(to_truth)), float(np.median(to_truth)),
+                        float(np.mean(np.isfinite(to_recon))), threshold)
