@@ -104,12 +104,16 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with optional 2D RoPE on queries and keys."""
+    """Multi-head self-attention with optional 2D RoPE on queries and keys.
+
+    ``scale`` overrides the softmax scale (default ``head_dim ** -0.5``).
+    """
 
     def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None,
-                 qkv_bias: bool = True) -> None:
+                 qkv_bias: bool = True, scale: float | None = None) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.scale = scale
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
@@ -121,7 +125,7 @@ class Attention(nn.Module):
         if self.rope is not None:
             q = self.rope(q, pos)
             k = self.rope(k, pos)
-        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v, scale=self.scale)))
 
 
 class CrossAttention(nn.Module):
@@ -153,10 +157,10 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0,
                  rope: RoPE2D | None = None, qkv_bias: bool = True,
-                 norm_layer=LayerNorm6) -> None:
+                 norm_layer=LayerNorm6, attn_scale: float | None = None) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, rope=rope, qkv_bias=qkv_bias)
+        self.attn = Attention(dim, num_heads, rope=rope, qkv_bias=qkv_bias, scale=attn_scale)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
