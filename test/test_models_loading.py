@@ -122,6 +122,32 @@ def test_fast3r_config_with_bare_infinity_tokens_is_read(tmp_path):
     assert net.downstream_head.conf_mode[2] == float("inf")
     folder = tmp_path / "broken"
     shutil.copytree(PARITY / "fast3r" / "checkpoint", folder)
-    (folder / "config.json").write_text(json.dumps({"encoder_args": {}}))
+    (folder / "config.json").write_text(json.dumps({"depth": 3}))
+    with pytest.raises(CheckpointError, match="config.json: neither a Fast3R nor"):
+        load_model(folder)
+    (folder / "config.json").write_text(json.dumps({"encoder_args": {}, "head_args": {}}))
     with pytest.raises(CheckpointError, match="config.json: not a Fast3R config"):
         load_model(folder)
+
+
+def test_mast3r_in_the_hugging_face_folder_format_matches_its_pth(tmp_path):
+    """The hub release of MASt3R is config.json (constructor kwargs) + model.safetensors."""
+    from safetensors.torch import save_file
+
+    ckpt = torch.load(PARITY / "mast3r" / "checkpoint.pth", weights_only=False)
+    kwargs = parse_constructor(ckpt["args"].model).kwargs
+    folder = tmp_path / "mast3r_hub"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(kwargs, indent=2))
+    # as the hub mixin writes it: each tied DPT tensor once, the alias in the metadata
+    aliases = {k: k.replace(f"layer_rn.{k[-8]}", f"layer{int(k[-8]) + 1}_rn")
+               for k in ckpt["model"] if ".layer_rn." in k}
+    save_file({k: v.contiguous() for k, v in ckpt["model"].items() if k not in aliases},
+              str(folder / "model.safetensors"), metadata=aliases)
+    from_hub, from_pth = load_model(folder), load_model(PARITY / "mast3r" / "checkpoint.pth")
+    view = {"img": torch.rand(1, 3, 48, 64) * 2 - 1, "true_shape": torch.tensor([[48, 64]])}
+    with torch.no_grad():
+        a, b = from_hub(view, view)[1], from_pth(view, view)[1]
+    assert type(from_hub) is type(from_pth)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from threer_ros.bench import fixture_inputs, run_parity_case
 from threer_ros.models import load_model
 from threer_ros.models.fast3r import draw_image_ids
 from threer_ros.models.pow3r import encode_priors
@@ -35,12 +36,6 @@ def _case_info(model: str, file: str) -> dict:
     return next(c for c in fixture["cases"] if c["file"] == file)
 
 
-def _tensor_inputs(data: np.lib.npyio.NpzFile, prefix: str) -> dict[str, torch.Tensor]:
-    """Numeric ``in.<prefix>.*`` arrays as tensors (string fields such as ``instance`` skipped)."""
-    return {key[len(prefix):]: torch.from_numpy(data[key]) for key in data.files
-            if key.startswith(prefix) and data[key].dtype.kind in "fiub"}
-
-
 def _checkpoint(model: str) -> Path:
     return PARITY / model / ("checkpoint" if model == "fast3r" else "checkpoint.pth")
 
@@ -55,26 +50,12 @@ def _network(model: str) -> torch.nn.Module:
     return load_model(_checkpoint(model))
 
 
-def _run(model_name: str, model, data) -> dict[str, torch.Tensor]:
-    """Run one case; return outputs keyed like the fixture (``out.<...>``)."""
-    with torch.no_grad():
-        if model_name == "fast3r":
-            n = len({k.split(".")[2] for k in data.files if k.startswith("in.views.")})
-            views = [_tensor_inputs(data, f"in.views.{i}.") for i in range(n)]
-            preds = model(views, image_ids=torch.from_numpy(data["in.image_ids"]))
-            return {f"out.preds.{i}.{k}": v for i, p in enumerate(preds) for k, v in p.items()}
-        view1, view2 = _tensor_inputs(data, "in.view1."), _tensor_inputs(data, "in.view2.")
-        res1, res2 = model(view1, view2)
-        return {**{f"out.pred1.{k}": v for k, v in res1.items()},
-                **{f"out.pred2.{k}": v for k, v in res2.items()}}
-
-
 @pytest.mark.parametrize("case", [c for m in NETWORKS for c in _cases(m)],
                          ids=lambda c: f"{c[0]}-{c[1]}")
 def test_outputs_match_the_official_implementation(case):
     model_name, file = case
     data = np.load(PARITY / model_name / file)
-    ours = _run(model_name, _network(model_name), data)
+    ours = run_parity_case(model_name, _network(model_name), data)
     expected = {k: data[k] for k in data.files if k.startswith("out.")}
     assert set(ours) == set(expected)
     for key, ref in expected.items():
@@ -86,12 +67,12 @@ def test_outputs_match_the_official_implementation(case):
 @pytest.mark.parametrize("case", _cases("pow3r"), ids=lambda c: c[1])
 def test_pow3r_priors_are_encoded_like_the_official_inference(case):
     data = np.load(PARITY / "pow3r" / case[1])
-    plain = [{k: v for k, v in _tensor_inputs(data, f"in.view{i}.").items()
+    plain = [{k: v for k, v in fixture_inputs(data, f"in.view{i}.").items()
               if not k.startswith("known")} for i in (1, 2)]
-    args = _tensor_inputs(data, "in.arg.")
+    args = fixture_inputs(data, "in.arg.")
     ours = encode_priors(*plain, **args)
     for i, view in enumerate(ours, start=1):
-        expected = {k: v for k, v in _tensor_inputs(data, f"in.view{i}.").items()
+        expected = {k: v for k, v in fixture_inputs(data, f"in.view{i}.").items()
                     if k.startswith("known")}
         assert {k for k in view if k.startswith("known")} == set(expected)
         for key, ref in expected.items():

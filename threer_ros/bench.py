@@ -1,9 +1,12 @@
-"""``threer-ros bench models``: time the released network architectures on random weights.
+"""``threer-ros bench``: network speed and numerics, measured.
 
-Fast3R runs one forward over N views; MASt3R / Pow3R / DUSt3R run a batch of P image pairs.
-Inputs are random images of the given size. Each configuration is warmed up, then timed with
-CUDA events (wall clock on CPU); the report gives the median and the peak GPU memory, as a table
-and as JSON.
+``bench models`` times the released architectures on random weights: Fast3R runs one forward
+over N views; MASt3R / Pow3R / DUSt3R run a batch of P image pairs of random images. Each
+configuration is warmed up, then timed with CUDA events (wall clock on CPU); the report gives
+the median and the peak GPU memory, as a table and as JSON.
+
+``bench parity`` runs the parity fixtures on the device in fp32 and bf16 and reports the largest
+error against the official outputs, relative to each output's range.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ import torch
 from threer_ros.models import build_model
 from threer_ros.models.released import RELEASED
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Precision modes: name -> (parameter dtype, autocast dtype or None). ``bf16`` casts the
+#: weights; ``bf16-amp`` keeps fp32 weights and runs matrix products in bf16 under autocast.
+PRECISIONS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None),
+              "fp16": (torch.float16, None), "bf16-amp": (torch.float32, torch.bfloat16)}
+
+
+def _autocast(device: torch.device, precision: str):
+    amp = PRECISIONS[precision][1]
+    return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
 
 
 @dataclass
@@ -71,17 +82,18 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
                 device: torch.device, repeats: int = 10, warmup: int = 3) -> BenchResult:
     """Build ``RELEASED[name]`` with random weights on ``device`` and time its forward."""
     torch.manual_seed(0)
+    param_dtype = PRECISIONS[dtype][0]
     with device:
         model = build_model(RELEASED[name])
-    model = model.to(dtype=DTYPES[dtype]).eval()
+    model = model.to(dtype=param_dtype).eval()
     g = torch.Generator().manual_seed(0)
-    inputs = (_views(views, 1, height, width, device, DTYPES[dtype], g) if name == "fast3r"
-              else _views(2, pairs, height, width, device, DTYPES[dtype], g))
+    inputs = (_views(views, 1, height, width, device, param_dtype, g) if name == "fast3r"
+              else _views(2, pairs, height, width, device, param_dtype, g))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, dtype):
         for i in range(warmup + repeats):
             ms = _timed(lambda: _forward(name, model, inputs), device)
             if i >= warmup:
@@ -93,6 +105,66 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
     return BenchResult(name, dtype, views if name == "fast3r" else 2,
                        0 if name == "fast3r" else pairs, height, width,
                        statistics.median(times), min(times), peak, repeats)
+
+
+def fixture_inputs(data, prefix: str, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Numeric ``<prefix>*`` arrays of a parity-fixture npz as tensors (strings skipped); floating
+    arrays are cast to ``dtype``."""
+    out = {}
+    for key in data.files:
+        if key.startswith(prefix) and data[key].dtype.kind in "fiub":
+            t = torch.from_numpy(data[key]).to(device)
+            out[key[len(prefix):]] = t.to(dtype) if t.is_floating_point() else t
+    return out
+
+
+def run_parity_case(model_name: str, model: torch.nn.Module, data,
+                    device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Run one parity case; outputs keyed like the fixture's ``out.*`` arrays."""
+    with torch.inference_mode():
+        if model_name == "fast3r":
+            n = len({k.split(".")[2] for k in data.files if k.startswith("in.views.")})
+            views = [fixture_inputs(data, f"in.views.{i}.", device, dtype) for i in range(n)]
+            preds = model(views, image_ids=torch.from_numpy(data["in.image_ids"]))
+            return {f"out.preds.{i}.{k}": v for i, p in enumerate(preds) for k, v in p.items()}
+        res1, res2 = model(fixture_inputs(data, "in.view1.", device, dtype),
+                           fixture_inputs(data, "in.view2.", device, dtype))
+        return {**{f"out.pred1.{k}": v for k, v in res1.items()},
+                **{f"out.pred2.{k}": v for k, v in res2.items()}}
+
+
+def parity_errors(fixtures: Path, device: torch.device) -> list[dict]:
+    """Largest error relative to the official outputs' range, per network, case and dtype."""
+    import numpy as np
+
+    from threer_ros.models import load_model
+
+    index = json.loads((fixtures / "index.json").read_text())
+    rows = []
+    for name, entry in index["models"].items():
+        if name == "preprocess":
+            continue
+        checkpoint = fixtures / name / ("checkpoint" if name == "fast3r" else "checkpoint.pth")
+        for precision, (dtype, _) in PRECISIONS.items():
+            if precision == "fp16":
+                continue
+            model = load_model(checkpoint, device=device, dtype=dtype)
+            for case in entry["cases"]:
+                data = np.load(fixtures / name / f"{case}.npz")
+                with _autocast(device, precision):
+                    ours = run_parity_case(name, model, data, device, dtype)
+                worst: dict[str, float] = {}
+                for k in (k for k in data.files if k.startswith("out.")):
+                    kind = next(t for t in ("pts3d", "desc_conf", "desc", "conf")
+                                if t in k.rsplit(".", 1)[1])
+                    err = float((ours[k].float().cpu() - torch.from_numpy(data[k])).abs().max())
+                    rel = err / max(float(np.abs(data[k]).max()), 1e-12)
+                    worst[kind] = max(worst.get(kind, 0.0), rel)
+                rows.append({"model": name, "case": case, "dtype": precision,
+                             "max_error_relative_to_range": worst})
+    return rows
 
 
 def environment() -> dict[str, str]:
@@ -110,6 +182,15 @@ def environment() -> dict[str, str]:
 def _run(args: argparse.Namespace) -> int:
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.what == "parity":
+        rows = parity_errors(args.fixtures, device)
+        for r in rows:
+            errors = "  ".join(f"{k} {v:.1e}" for k, v in r["max_error_relative_to_range"].items())
+            print(f"{r['model']:7s} {r['case']:22s} {r['dtype']:8s} max error / range: {errors}")
+        if args.json:
+            args.json.write_text(json.dumps({"environment": environment(), "rows": rows},
+                                            indent=2))
+        return 0
     height, width = (int(v) for v in args.size.lower().split("x")[::-1])
     results = []
     for name in args.models:
@@ -120,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
                                 repeats=args.repeats, warmup=args.warmup)
                 results.append(r)
                 what = f"{r.views} views" if name == "fast3r" else f"{r.pairs} pairs"
-                print(f"{name:7s} {dtype:5s} {what:>9s} {width}x{height}: median "
+                print(f"{name:7s} {dtype:8s} {what:>9s} {width}x{height}: median "
                       f"{r.median_ms:8.1f} ms  min {r.min_ms:8.1f} ms  peak {r.peak_gib:6.2f} GiB",
                       flush=True)
     report = {"environment": environment(), "command": " ".join(sys.argv),
@@ -135,10 +216,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="time the networks (random weights)",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["models"], help="what to benchmark")
+    p.add_argument("what", choices=["models", "parity"],
+                   help="models: forward time and memory; parity: error of fp32/bf16 on the "
+                        "parity fixtures against the official outputs")
+    p.add_argument("--fixtures", type=Path, default=Path("../shared/fixtures/parity"),
+                   help="parity fixtures folder (for 'parity')")
     p.add_argument("--models", nargs="+", default=["fast3r", "mast3r", "pow3r"],
                    choices=sorted(RELEASED))
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(PRECISIONS))
     p.add_argument("--views", nargs="+", type=int, default=[16],
                    help="Fast3R view counts (default 16)")
     p.add_argument("--pairs", type=int, default=16, help="pairs per batch for pairwise models")

@@ -6,8 +6,11 @@ Recognised formats (see ``docs/models.md``):
   As the official loader does, ``ManyAR_PatchEmbed`` becomes the plain patch embedding and
   ``landscape_only`` is forced to ``False``.
 * Pow3R ``.pth``: ``{'definition': 'Pow3R(...)', 'weights': sd}``, built as written.
-* Fast3R Hugging Face folder: ``config.json`` (constructor kwargs; bare ``Infinity`` tokens) and
-  ``model.safetensors`` (tied tensors stored once, aliases in the file metadata).
+* Hugging Face folders (``PyTorchModelHubMixin``): ``config.json`` (constructor kwargs; bare
+  ``Infinity`` tokens) and ``model.safetensors`` (tied tensors stored once, aliases in the file
+  metadata). Fast3R's config has ``encoder_args``/``decoder_args``/``head_args``; a DUSt3R or
+  MASt3R config holds the constructor kwargs themselves (MASt3R: ``output_mode='pts3d+desc*'``)
+  and gets the same substitutions as their ``.pth`` files.
 
 Nothing from a file is executed: pickles are read with ``weights_only=True`` (only
 ``argparse.Namespace`` is allow-listed) and constructor strings are parsed, not evaluated.
@@ -51,6 +54,15 @@ def read_pth(path: Path) -> dict[str, Any]:
     return obj
 
 
+def _as_loaded_by_dust3r(spec: ModelSpec) -> ModelSpec:
+    """What the official DUSt3R/MASt3R loaders build: plain patch embedding, no transposing."""
+    kwargs = dict(spec.kwargs)
+    if kwargs.get("patch_embed_cls") == "ManyAR_PatchEmbed":
+        kwargs["patch_embed_cls"] = "PatchEmbedDust3R"
+    kwargs["landscape_only"] = False
+    return ModelSpec(spec.name, kwargs)
+
+
 def _dust3r_family_spec(path: Path, ckpt: Mapping[str, Any]) -> tuple[ModelSpec, dict]:
     args = ckpt["args"]
     constructor = getattr(args, "model", None)
@@ -59,11 +71,7 @@ def _dust3r_family_spec(path: Path, ckpt: Mapping[str, Any]) -> tuple[ModelSpec,
     spec = parse_constructor(constructor)
     if spec.name not in ("AsymmetricCroCo3DStereo", "AsymmetricMASt3R"):
         raise _fail(path, f"'args.model' names {spec.name}, not a DUSt3R/MASt3R network")
-    kwargs = dict(spec.kwargs)
-    if kwargs.get("patch_embed_cls") == "ManyAR_PatchEmbed":
-        kwargs["patch_embed_cls"] = "PatchEmbedDust3R"
-    kwargs["landscape_only"] = False
-    return ModelSpec(spec.name, kwargs), ckpt["model"]
+    return _as_loaded_by_dust3r(spec), ckpt["model"]
 
 
 def _pow3r_spec(path: Path, ckpt: Mapping[str, Any]) -> tuple[ModelSpec, dict]:
@@ -76,19 +84,30 @@ def _pow3r_spec(path: Path, ckpt: Mapping[str, Any]) -> tuple[ModelSpec, dict]:
     return spec, ckpt["weights"]
 
 
-def _fast3r_spec(folder: Path) -> tuple[ModelSpec, dict]:
+def _hf_folder_spec(folder: Path) -> tuple[ModelSpec, dict]:
     config_file, weights_file = folder / "config.json", folder / "model.safetensors"
     for f in (config_file, weights_file):
         if not f.is_file():
-            raise _fail(folder, f"a Fast3R checkpoint folder needs {f.name}, which is missing")
+            raise _fail(folder, f"a checkpoint folder needs {f.name}, which is missing")
     try:
         config = json.loads(config_file.read_text())  # json accepts the bare Infinity tokens
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _fail(config_file, f"not valid JSON: {exc}") from None
-    missing = {"encoder_args", "decoder_args", "head_args"} - set(config)
-    if missing:
-        raise _fail(config_file, f"not a Fast3R config: missing {sorted(missing)}")
-    return ModelSpec("Fast3R", config), read_safetensors(weights_file)
+    if not isinstance(config, dict):
+        raise _fail(config_file, "expected a JSON object of constructor arguments")
+    fast3r_keys = {"encoder_args", "decoder_args", "head_args"}
+    if fast3r_keys & set(config):
+        if not fast3r_keys <= set(config):
+            raise _fail(config_file, f"not a Fast3R config: missing "
+                                     f"{sorted(fast3r_keys - set(config))}")
+        spec = ModelSpec("Fast3R", config)
+    elif "output_mode" in config or "head_type" in config:
+        mast3r = str(config.get("output_mode", "")).startswith("pts3d+desc")
+        spec = _as_loaded_by_dust3r(
+            ModelSpec("AsymmetricMASt3R" if mast3r else "AsymmetricCroCo3DStereo", config))
+    else:
+        raise _fail(config_file, "neither a Fast3R nor a DUSt3R/MASt3R config")
+    return spec, read_safetensors(weights_file)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -121,7 +140,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
         raise CheckpointError(f"{path}: no such checkpoint file or folder")
     try:
         if path.is_dir():
-            spec, state = _fast3r_spec(path)
+            spec, state = _hf_folder_spec(path)
         else:
             ckpt = read_pth(path)
             if "args" in ckpt and "model" in ckpt:
@@ -131,7 +150,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
             else:
                 raise _fail(path, f"unknown checkpoint layout with keys {sorted(ckpt)[:6]}; "
                                   "expected DUSt3R/MASt3R ('args', 'model') or Pow3R "
-                                  "('definition', 'weights'), or a Fast3R folder")
+                                  "('definition', 'weights'), or a Hugging Face folder")
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                                   for v in state.values()):
             raise _fail(path, "the state dict holds values that are not tensors")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from threer_ros.models.blocks import Block, DecoderBlock, LayerNorm6, PatchEmbed, make_rope
-from threer_ros.models.heads import PointsDPTHead, PointsLinearHead
+from threer_ros.models.heads import PointsDPTHead, PointsLinearHead, apply_head
 from threer_ros.models.spec import DPTWidths, ModelSpec, SpecError
 
 #: Constructor arguments of the CroCo backbone and their official defaults.
@@ -127,18 +127,14 @@ class CroCoStereo(nn.Module):
 
     def run_head(self, head: nn.Module, tokens: list[torch.Tensor], true_shape: torch.Tensor
                  ) -> dict[str, torch.Tensor]:
-        """Apply ``head`` in float32 at the images' resolution (transposing portrait outputs back
-        to the input layout with ``landscape_only``)."""
+        """Apply ``head`` at the images' resolution; with ``landscape_only`` a portrait image's
+        outputs are transposed back to the landscape layout of its input tensor."""
         height, width = (int(v) for v in true_shape[0])
-        with torch.autocast(tokens[0].device.type, enabled=False):
-            tokens = [t.float() for t in tokens]
-            portrait = self._portrait(true_shape)
-            if portrait is not None and portrait.any():
-                out = head(tokens, height, width)
-                return {k: v.transpose(1, 2) for k, v in out.items()}
-            if portrait is not None:
-                height, width = min(height, width), max(height, width)
-            return head(tokens, height, width)
+        out = apply_head(head, tokens, height, width)
+        portrait = self._portrait(true_shape)
+        if portrait is not None and portrait.any():
+            out = {k: v.transpose(1, 2) for k, v in out.items()}
+        return out
 
 
 def _true_shape(view: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from threer_ros.models.blocks import Block, LayerNorm6, PatchEmbed, make_rope
-from threer_ros.models.heads import PointsDPTHead
+from threer_ros.models.heads import PointsDPTHead, apply_head
 from threer_ros.models.spec import DPTWidths, ModelSpec, SpecError
 
 IMAGE_INDEX_ROWS = 1000
@@ -174,28 +174,27 @@ class Fast3R(nn.Module):
 
     def _heads(self, layers: list[torch.Tensor], counts: list[int],
                sizes: list[tuple[int, int]], batch: int) -> list[dict[str, torch.Tensor]]:
-        """Run the heads in float32, batching all views when they share one size."""
+        """Run the heads (see :func:`apply_head`), batching all views when they share one size."""
         results: list[dict[str, torch.Tensor]] = [{} for _ in sizes]
-        with torch.autocast(layers[0].device.type, enabled=False):
-            per_view = [[t.float() for t in layer.split(counts, dim=1)] for layer in layers]
-            if len(set(sizes)) == 1:
-                groups = [(list(range(len(sizes))),
-                           [torch.cat([lv[i] for i in range(len(sizes))]) for lv in per_view])]
-            else:
-                groups = [([i], [lv[i] for lv in per_view]) for i in range(len(sizes))]
-            for members, group_tokens in groups:
-                h, w = sizes[members[0]]
-                for head, suffix in ((self.downstream_head, ""),
-                                     (self.downstream_head_local, "_local")):
-                    if head is None:
-                        continue
-                    out = head(group_tokens, h, w)
-                    for j, view in enumerate(members):
-                        part = {k: v[j * batch:(j + 1) * batch] for k, v in out.items()}
-                        name = "pts3d_local" if suffix else "pts3d_in_other_view"
-                        results[view][name] = part["pts3d"]
-                        if "conf" in part:
-                            results[view]["conf" + suffix] = part["conf"]
+        per_view = [layer.split(counts, dim=1) for layer in layers]
+        if len(set(sizes)) == 1:
+            groups = [(list(range(len(sizes))),
+                       [torch.cat(list(level)) for level in per_view])]
+        else:
+            groups = [([i], [level[i] for level in per_view]) for i in range(len(sizes))]
+        for members, group_tokens in groups:
+            h, w = sizes[members[0]]
+            for head, suffix in ((self.downstream_head, ""),
+                                 (self.downstream_head_local, "_local")):
+                if head is None:
+                    continue
+                out = apply_head(head, group_tokens, h, w)
+                for j, view in enumerate(members):
+                    part = {k: v[j * batch:(j + 1) * batch] for k, v in out.items()}
+                    results[view]["pts3d_local" if suffix else "pts3d_in_other_view"] = \
+                        part["pts3d"]
+                    if "conf" in part:
+                        results[view]["conf" + suffix] = part["conf"]
         return results
 
 

@@ -57,6 +57,15 @@ def points_and_confidence(fmap: torch.Tensor, depth_mode: Mode, conf_mode: Mode 
     return out
 
 
+def apply_head(head: nn.Module, tokens: Sequence[torch.Tensor], height: int, width: int
+               ) -> dict[str, torch.Tensor]:
+    """Run ``head`` outside autocast in its parameters' dtype: float32 heads stay float32 under
+    autocast (as upstream), a model cast to bfloat16 keeps bfloat16 heads."""
+    dtype = next(head.parameters()).dtype
+    with torch.autocast(tokens[0].device.type, enabled=False):
+        return head([t.to(dtype) for t in tokens], height, width)
+
+
 def tokens_to_map(tokens: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
     """(B, S, C*patch^2) per-patch outputs -> (B, C, height, width) via pixel shuffle."""
     b, _, c = tokens.shape

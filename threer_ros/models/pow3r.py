@@ -25,7 +25,6 @@ import ast
 import math
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,7 +32,7 @@ from torch import nn
 from threer_ros.models.blocks import (Attention, CrossAttention, LayerNorm6, Mlp, PatchEmbed,
                                       RoPE2D, make_rope)
 from threer_ros.models.dust3r import BACKBONE_DEFAULTS, _true_shape, merged_arguments
-from threer_ros.models.heads import regress_confidence, tokens_to_map
+from threer_ros.models.heads import apply_head, regress_confidence, tokens_to_map
 from threer_ros.models.spec import ModelSpec, SpecError
 
 POW3R_DEFAULTS: dict[str, Any] = dict(mode="embed", head_type="linear",
@@ -318,9 +317,7 @@ class Pow3R(nn.Module):
     def _head(self, head: nn.Module, tokens: list[torch.Tensor], true_shape: torch.Tensor
               ) -> dict[str, torch.Tensor]:
         height, width = (int(v) for v in true_shape[0])
-        with torch.autocast(tokens[0].device.type, enabled=False):
-            tokens = [t.float() for t in tokens]
-            out = head(tokens, height, width)
+        out = apply_head(head, tokens, height, width)
         if self.landscape_only and height > width:
             out = {k: v.transpose(1, 2) for k, v in out.items()}
         return out
