@@ -2,11 +2,10 @@
 
     ros2 launch threer_ros capture.launch.py                       # live rig, config/capture.yaml
     ros2 launch threer_ros capture.launch.py source:=synthetic rviz:=true
-    ros2 launch threer_ros capture.launch.py bag:=capture.mcap backend:=fast3r device:=cuda
+    ros2 launch threer_ros capture.launch.py config:=my_rig.yaml rig_calibration:=my_rig_cal.yaml
 
 Arguments: config (parameter file), backend, checkpoint, device, rig_calibration (empty = from
-the config file), source (none | synthetic), bag (path: replay it), rate (replay rate factor),
-rviz (true/false).
+the config file), source (none | synthetic), rate (synthetic rig trigger rate, Hz), rviz.
 """
 
 from pathlib import Path
@@ -22,20 +21,17 @@ _OVERRIDABLE = ("backend", "checkpoint", "device", "rig_calibration")
 
 def _graph(context):
     arg = {name: LaunchConfiguration(name).perform(context) for name in
-           ("config", "source", "bag", "rate", "rviz", *_OVERRIDABLE)}
+           ("config", "source", "rate", "rviz", *_OVERRIDABLE)}
     overrides = {name: arg[name] for name in _OVERRIDABLE if arg[name]}
     actions = []
     if arg["source"] == "synthetic":
         actions.append(ExecuteProcess(
             cmd=["threer-ros", "replay", "--synthetic", "--config", arg["config"],
-                 "--write-calibration", "/tmp/threer_ros_synthetic_rig.yaml"],
+                 "--rate", arg["rate"], "--write-calibration", "/tmp/threer_ros_synthetic_rig.yaml"],
             output="screen"))
         overrides.setdefault("rig_calibration", "/tmp/threer_ros_synthetic_rig.yaml")
     elif arg["source"] not in ("", "none"):
-        raise ValueError(f"source:={arg['source']!r}: use none or synthetic (or bag:=<path>)")
-    if arg["bag"]:
-        actions.append(ExecuteProcess(
-            cmd=["threer-ros", "replay", arg["bag"], "--rate", arg["rate"]], output="screen"))
+        raise ValueError(f"source:={arg['source']!r}: use none or synthetic")
     actions.append(Node(package="threer_ros", executable="capture_node", name="threer_capture",
                         output="screen", parameters=[arg["config"], overrides]))
     if arg["rviz"].lower() in ("1", "true", "yes"):
@@ -58,8 +54,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="rig calibration YAML (empty: from config)"),
         DeclareLaunchArgument("source", default_value="none",
                               description="none (live cameras) | synthetic"),
-        DeclareLaunchArgument("bag", default_value="", description="rosbag2 to replay"),
-        DeclareLaunchArgument("rate", default_value="1.0", description="bag replay rate factor"),
+        DeclareLaunchArgument("rate", default_value="2.0",
+                              description="synthetic rig trigger rate in Hz"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz"),
         OpaqueFunction(function=_graph),
     ])

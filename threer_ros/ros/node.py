@@ -54,6 +54,7 @@ class NodeSettings:
     image_transport: str
     rig_calibration: str
     sync_tolerance: float
+    sync_max_delay: float
     min_cameras: int
     max_rate: float
     backend: str
@@ -90,8 +91,9 @@ class NodeSettings:
         if not 1 <= self.min_cameras <= len(self.cameras):
             raise ValueError(f"parameter 'min_cameras' = {self.min_cameras} must be between 1 "
                              f"and the number of cameras ({len(self.cameras)})")
-        if self.sync_tolerance <= 0:
-            raise ValueError("parameter 'sync_tolerance' must be > 0 seconds")
+        if self.sync_tolerance <= 0 or self.sync_max_delay < 0:
+            raise ValueError("parameters 'sync_tolerance' (> 0) and 'sync_max_delay' (>= 0) are "
+                             "in seconds")
 
     def topic(self, template: str, camera: str) -> str:
         return template.replace("{camera}", camera)
@@ -142,7 +144,8 @@ class CaptureNode(Node):
         self._stats = {c: CameraStats() for c in s.cameras}
         self._preparer = FramePreparer(s.working_width)
         self._sync = FrameSynchronizer(s.cameras, tolerance_ns=int(s.sync_tolerance * 1e9),
-                                       min_cameras=s.min_cameras)
+                                       min_cameras=s.min_cameras,
+                                       max_delay_ns=int(s.sync_max_delay * 1e9))
         self._last_recon: Reconstruction | None = None
         self._last_missing: tuple[str, ...] = ()
         self._last_latency_s = float("nan")
@@ -321,6 +324,8 @@ class CaptureNode(Node):
             "backend": self.settings.backend,
             "sets_completed": sync.completed, "sets_partial": sync.partial,
             "sets_dropped_sync": sync.dropped, "sets_dropped_busy": work.dropped,
+            "frames_duplicate": sync.duplicates, "frames_late": sync.late,
+            "sync_resets": sync.resets,
             "sets_rate_limited": work.rate_limited, "reconstructions": work.completed,
             "reconstruction_failures": work.failed,
             "missing_cameras_last_set": ",".join(self._last_missing),
