@@ -1,0 +1,107 @@
+"""Rotations, poses, fusion, metrics, PLY and rig calibration files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from threer_ros.data.calibration import (CalibrationError, load_rig_calibration,
+                                         save_rig_calibration)
+from threer_ros.data.ply import read_ply, write_ply
+from threer_ros.geometry.fusion import (accuracy_completeness, remove_statistical_outliers,
+                                        voxel_downsample)
+from threer_ros.geometry.transforms import (invert_pose, look_at, make_pose,
+                                            matrix_to_quaternion, quaternion_to_matrix,
+                                            transform_points)
+from threer_ros.pipeline.types import CameraCalibration
+
+unit = st.floats(-1, 1, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(q=st.tuples(unit, unit, unit, unit).filter(lambda q: np.linalg.norm(q) > 0.1))
+def test_quaternion_round_trip_including_half_turns(q):
+    q = np.asarray(q) / np.linalg.norm(q)
+    R = quaternion_to_matrix(q)
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    assert np.isclose(np.linalg.det(R), 1.0)
+    back = matrix_to_quaternion(R)
+    assert back[3] >= 0
+    assert min(np.abs(back - q).max(), np.abs(back + q).max()) < 1e-9   # q and -q: one rotation
+
+
+def test_half_turns_about_each_axis():
+    for axis in np.eye(3):
+        R = 2 * np.outer(axis, axis) - np.eye(3)          # 180 degrees about `axis`
+        np.testing.assert_allclose(np.abs(matrix_to_quaternion(R)), [*axis, 0.0], atol=1e-12)
+
+
+def test_look_at_is_an_optical_frame_looking_at_the_target_with_up_upwards():
+    T = look_at(np.array([2.0, 0, 0]), np.zeros(3), np.array([0.0, 0, 1]))
+    np.testing.assert_allclose(T[:3, 2], [-1, 0, 0])      # z forward, at the target
+    np.testing.assert_allclose(T[:3, 1], [0, 0, -1])      # y down
+    np.testing.assert_allclose(T[:3, 0], [0, 1, 0])       # x to the right: forward x up
+    p = np.array([[0.1, 0.2, 0.3]])
+    np.testing.assert_allclose(transform_points(invert_pose(T), transform_points(T, p)), p)
+
+
+def test_voxel_downsampling_averages_per_voxel():
+    points = np.array([[0.1, 0.1, 0.1], [0.3, 0.3, 0.3], [1.5, 0.5, 0.5]], np.float32)
+    colors = np.array([[0, 0, 0], [100, 200, 50], [9, 9, 9]], np.uint8)
+    p, c, f = voxel_downsample(points, colors, np.array([1, 3, 5], np.float32), voxel=1.0)
+    order = np.argsort(p[:, 0])
+    np.testing.assert_allclose(p[order], [[0.2, 0.2, 0.2], [1.5, 0.5, 0.5]], atol=1e-6)
+    np.testing.assert_array_equal(c[order], [[50, 100, 25], [9, 9, 9]])
+    np.testing.assert_allclose(f[order], [2, 5])
+
+
+def test_statistical_outliers_are_removed_and_accuracy_metrics_are_right():
+    rng = np.random.default_rng(0)
+    plane = np.c_[rng.random((2000, 2)), np.zeros(2000)]
+    noisy = np.vstack([plane, [[5.0, 5.0, 5.0]]])
+    keep = remove_statistical_outliers(noisy, neighbours=8, std_ratio=2.0)
+    assert not keep[-1] and keep[:-1].mean() > 0.95
+    shifted = plane + [0, 0, 0.002]
+    m = accuracy_completeness(shifted, plane, threshold=0.005)
+    assert abs(m.mean - 0.002) < 1e-4 and abs(m.median - 0.002) < 1e-4 and m.completeness == 1
+    half = accuracy_completeness(shifted[plane[:, 0] < 0.5], plane, threshold=0.005)
+    assert 0.4 < half.completeness < 0.6
+
+
+def test_ply_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(100, 3)).astype(np.float32)
+    colors = rng.integers(0, 256, (100, 3), dtype=np.uint8)
+    conf = rng.random(100).astype(np.float32)
+    write_ply(tmp_path / "c.ply", points, colors, conf)
+    assert (tmp_path / "c.ply").read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
+    p, c, f = read_ply(tmp_path / "c.ply")
+    np.testing.assert_array_equal(p, points)
+    np.testing.assert_array_equal(c, colors)
+    np.testing.assert_array_equal(f, conf)
+
+
+def test_rig_calibration_file_round_trip_and_errors(tmp_path):
+    pose = look_at(np.array([1.0, 0.1, 0.2]), np.zeros(3), np.array([0.0, 0, 1]))
+    K = np.array([[600.0, 0, 160], [0, 600.0, 230], [0, 0, 1]])
+    calib = CameraCalibration(K, 320, 467, np.array([0.01, 0, 0, 0, 0]), "plumb_bob", pose)
+    path = tmp_path / "rig.yaml"
+    save_rig_calibration(path, "rig", {"cam_a": calib})
+    rig = load_rig_calibration(path)
+    assert rig.frame_id == "rig"
+    np.testing.assert_allclose(rig.cam_to_rig["cam_a"], pose, atol=1e-12)
+    merged = rig.calibration_for("cam_a", None)
+    np.testing.assert_allclose(merged.K, K)
+    assert merged.distortion_model == "plumb_bob"
+    assert rig.calibration_for("cam_b", None) is None
+    path.write_text("cameras:\n  cam_a:\n    translation: [0, 0]\n    rotation: [0, 0, 0, 1]\n")
+    with pytest.raises(CalibrationError, match="rig.yaml: camera 'cam_a': 'translation' must be 3"):
+        load_rig_calibration(path)
+    path.write_text("cameras:\n  cam_a:\n    translation: [0, 0, 0]\n    rotation: [0, 0, 0, 2]\n")
+    with pytest.raises(CalibrationError, match="norm 2.0000"):
+        load_rig_calibration(path)
+    with pytest.raises(CalibrationError, match="cannot read"):
+        load_rig_calibration(tmp_path / "missing.yaml")
+    assert make_pose(np.eye(3), np.ones(3))[3, 3] == 1
