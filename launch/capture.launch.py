@@ -27,7 +27,8 @@ def _graph(context):
     if arg["source"] == "synthetic":
         actions.append(ExecuteProcess(
             cmd=["threer-ros", "replay", "--synthetic", "--config", arg["config"],
-                 "--rate", arg["rate"], "--write-calibration", "/tmp/threer_ros_synthetic_rig.yaml"],
+                 "--rate", arg["rate"],
+                 "--write-calibration", "/tmp/threer_ros_synthetic_rig.yaml"],
             output="screen"))
         overrides.setdefault("rig_calibration", "/tmp/threer_ros_synthetic_rig.yaml")
     elif arg["source"] not in ("", "none"):

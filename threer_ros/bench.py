@@ -5,6 +5,9 @@ over N views; MASt3R / Pow3R / DUSt3R run a batch of P image pairs of random ima
 configuration is warmed up, then timed with CUDA events (wall clock on CPU); the report gives
 the median and the peak GPU memory, as a table and as JSON.
 
+``bench backends`` runs reconstruction backends on the synthetic 16-camera rig and reports the
+median time of each stage.
+
 ``bench parity`` runs the parity fixtures on the device in fp32 and bf16 and reports the largest
 error against the official outputs, relative to each output's range.
 """
@@ -99,9 +102,6 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
             if i >= warmup:
                 times.append(ms)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    del model, inputs
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return BenchResult(name, dtype, views if name == "fast3r" else 2,
                        0 if name == "fast3r" else pairs, height, width,
                        statistics.median(times), min(times), peak, repeats)
@@ -167,6 +167,30 @@ def parity_errors(fixtures: Path, device: torch.device) -> list[dict]:
     return rows
 
 
+def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
+                  warmup: int = 1) -> dict:
+    """Median seconds per stage of backend ``name`` on the synthetic 16-camera rig."""
+    from threer_ros.data.synthetic import SyntheticRig
+    from threer_ros.pipeline.backends import BackendOptions, make_reconstructor
+
+    frames = SyntheticRig.render(seed=0, width=width).frame_set(0)
+    backend = make_reconstructor(name, BackendOptions(device=str(device), working_width=width))
+    stages: dict[str, list[float]] = {}
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        recon = backend.reconstruct(frames)
+        total = time.perf_counter() - t0
+        if i >= warmup:
+            for stage, seconds in {**recon.timings_s, "total": total}.items():
+                stages.setdefault(stage, []).append(seconds)
+    height = frames.frames[0].image.shape[0]
+    return {"backend": name, "cameras": len(frames.frames), "width": width, "height": height,
+            "points": len(recon.points),
+            "median_ms": {k: 1e3 * statistics.median(v) for k, v in stages.items()}}
+
+
 def environment() -> dict[str, str]:
     """Device and versions, recorded with every benchmark."""
     info = {"python": platform.python_version(), "torch": torch.__version__,
@@ -182,6 +206,18 @@ def environment() -> dict[str, str]:
 def _run(args: argparse.Namespace) -> int:
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.what == "backends":
+        rows = [bench_backend(b, w, device, repeats=args.repeats, warmup=args.warmup)
+                for b in args.backends for w in args.widths]
+        for r in rows:
+            stages = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
+            print(f"{r['backend']:6s} {r['cameras']} cameras {r['width']}x{r['height']}: "
+                  f"{stages} ms ({r['points']} points)", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"environment": environment(),
+                                             "command": " ".join(sys.argv), "rows": rows},
+                                            indent=2))
+        return 0
     if args.what == "parity":
         rows = parity_errors(args.fixtures, device)
         for r in rows:
@@ -199,6 +235,8 @@ def _run(args: argparse.Namespace) -> int:
             for n in counts:
                 r = bench_model(name, dtype, n, args.pairs, height, width, device,
                                 repeats=args.repeats, warmup=args.warmup)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
                 results.append(r)
                 what = f"{r.views} views" if name == "fast3r" else f"{r.pairs} pairs"
                 print(f"{name:7s} {dtype:8s} {what:>9s} {width}x{height}: median "
@@ -216,9 +254,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("bench", help="time the networks (random weights)",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["models", "parity"],
-                   help="models: forward time and memory; parity: error of fp32/bf16 on the "
-                        "parity fixtures against the official outputs")
+    p.add_argument("what", choices=["models", "backends", "parity"],
+                   help="models: forward time and memory; backends: stage timings of the "
+                        "reconstruction backends on the synthetic rig; parity: error of "
+                        "fp32/bf16 on the parity fixtures against the official outputs")
+    p.add_argument("--backends", nargs="+", default=["mvs"], help="backends for 'backends'")
+    p.add_argument("--widths", nargs="+", type=int, default=[320],
+                   help="image widths for 'backends' (16 portrait cameras)")
     p.add_argument("--fixtures", type=Path, default=Path("../shared/fixtures/parity"),
                    help="parity fixtures folder (for 'parity')")
     p.add_argument("--models", nargs="+", default=["fast3r", "mast3r", "pow3r"],

@@ -9,12 +9,12 @@ from PIL import Image
 
 
 def render_points(points: np.ndarray, colors: np.ndarray, cam_to_world: np.ndarray,
-                  size: tuple[int, int] = (480, 640), splat: int = 2,
+                  K: np.ndarray, size: tuple[int, int], splat: int = 2,
                   background: tuple[int, int, int] = (40, 40, 40)) -> np.ndarray:
-    """Render ``points`` (P, 3) seen from the optical frame ``cam_to_world`` (4x4).
+    """Render ``points`` (P, 3, world frame) through the pinhole ``K`` at ``cam_to_world``.
 
-    The focal length is chosen so the cloud fills ~90% of the view. Returns an (H, W, 3) uint8
-    image; nearer points hide farther ones.
+    Each point is a ``splat`` x ``splat`` pixel square; nearer points hide farther ones.
+    Returns an (H, W, 3) uint8 image of ``size`` = (H, W).
     """
     height, width = size
     image = np.empty((height, width, 3), np.uint8)
@@ -25,11 +25,9 @@ def render_points(points: np.ndarray, colors: np.ndarray, cam_to_world: np.ndarr
     cam, colors = cam[front], colors[front]
     if len(cam) == 0:
         return image
-    xy = cam[:, :2] / cam[:, 2:3]
-    extent = np.percentile(np.abs(xy), 99.5, axis=0) + 1e-9
-    focal = 0.45 * min(width / extent[0], height / extent[1])
-    u = np.round(focal * xy[:, 0] + width / 2).astype(np.int64)
-    v = np.round(focal * xy[:, 1] + height / 2).astype(np.int64)
+    pix = cam @ np.asarray(K, np.float64).T
+    u = np.round(pix[:, 0] / pix[:, 2] - (splat - 1) / 2).astype(np.int64)
+    v = np.round(pix[:, 1] / pix[:, 2] - (splat - 1) / 2).astype(np.int64)
     order = np.argsort(-cam[:, 2])  # far to near: nearer points are written last
     u, v, colors = u[order], v[order], colors[order]
     for du in range(splat):
@@ -41,13 +39,13 @@ def render_points(points: np.ndarray, colors: np.ndarray, cam_to_world: np.ndarr
 
 
 def save_preview(path: str | Path, panels: list[np.ndarray]) -> None:
-    """Save images side by side (scaled to the first panel's height) as one PNG."""
-    height = panels[0].shape[0]
+    """Save images side by side (scaled to the tallest panel's height) as one PNG."""
+    height = max(p.shape[0] for p in panels)
     scaled = []
     for panel in panels:
         h, w = panel.shape[:2]
         img = Image.fromarray(panel)
         if h != height:
-            img = img.resize((round(w * height / h), height), Image.BILINEAR)
+            img = img.resize((round(w * height / h), height), Image.LANCZOS)
         scaled.append(np.asarray(img))
     Image.fromarray(np.concatenate(scaled, axis=1)).save(path)

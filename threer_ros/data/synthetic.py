@@ -73,7 +73,8 @@ def rig_poses(count: int, distance: float = 1.0, azimuth_span_deg: float = 93.0,
 
 def intrinsics(width: int, field_height_m: float = 0.30, distance: float = 1.0
                ) -> tuple[np.ndarray, int]:
-    """Pinhole K for a portrait image ``width`` wide that sees ``field_height_m`` at ``distance``."""
+    """Pinhole K of a portrait image ``width`` wide that sees ``field_height_m`` at ``distance``
+    metres; returns K and the image height."""
     height = int(round(width * ASPECT))
     focal = height * distance / field_height_m
     K = np.array([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
@@ -145,8 +146,9 @@ class SyntheticRig:
     seed: int
 
     @classmethod
-    def render(cls, seed: int = 0, width: int = 320, names: list[str] | tuple[str, ...] | None = None,
-               count: int = 16, distance: float = 1.0, image_noise: float = 0.0) -> "SyntheticRig":
+    def render(cls, seed: int = 0, width: int = 320,
+               names: list[str] | tuple[str, ...] | None = None, count: int = 16,
+               distance: float = 1.0, image_noise: float = 0.0) -> "SyntheticRig":
         """Render the rig deterministically from ``seed``.
 
         Args:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 
 def voxel_downsample(points: np.ndarray, colors: np.ndarray, confidence: np.ndarray,
@@ -16,14 +15,17 @@ def voxel_downsample(points: np.ndarray, colors: np.ndarray, confidence: np.ndar
     """
     if voxel <= 0 or len(points) == 0:
         return points, colors, confidence
-    keys = np.floor(points / voxel).astype(np.int64)
-    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.ravel()
+    cells = np.floor(points / voxel).astype(np.int64)
+    cells -= cells.min(axis=0)
+    extent = cells.max(axis=0) + 1
+    keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
 
     def mean(values: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(counts),) + values.shape[1:], np.float64)
-        np.add.at(out, inverse, values)
-        return out / counts.reshape((-1,) + (1,) * (values.ndim - 1))
+        columns = values.reshape(len(values), -1).astype(np.float64)
+        sums = np.stack([np.bincount(inverse, weights=c, minlength=len(counts))
+                         for c in columns.T], axis=1)
+        return (sums / counts[:, None]).reshape((len(counts),) + values.shape[1:])
 
     return (mean(points).astype(np.float32), np.round(mean(colors)).astype(np.uint8),
             mean(confidence).astype(np.float32))
@@ -33,6 +35,8 @@ def remove_statistical_outliers(points: np.ndarray, neighbours: int = 16,
                                 std_ratio: float = 2.0) -> np.ndarray:
     """Boolean mask of inliers: mean distance to the ``neighbours`` nearest points is within
     ``std_ratio`` standard deviations of the cloud's average (the usual statistical filter)."""
+    from scipy.spatial import cKDTree
+
     if len(points) <= neighbours:
         return np.ones(len(points), bool)
     distances, _ = cKDTree(points).query(points, k=neighbours + 1)
@@ -61,6 +65,8 @@ class CloudMetrics:
 def accuracy_completeness(points: np.ndarray, truth: np.ndarray, threshold: float
                           ) -> CloudMetrics:
     """Accuracy (reconstruction -> truth) and completeness (truth -> reconstruction)."""
+    from scipy.spatial import cKDTree
+
     if len(points) == 0:
         return CloudMetrics(float("inf"), float("inf"), 0.0, threshold)
     to_truth, _ = cKDTree(truth).query(points)

@@ -73,7 +73,7 @@ def make_rope(pos_embed: str) -> RoPE2D:
 
 
 def patch_positions(batch: int, rows: int, cols: int, device: torch.device) -> torch.Tensor:
-    """Integer (row, col) coordinates of a ``rows x cols`` patch grid, shape (batch, rows*cols, 2)."""
+    """Integer (row, col) coordinates of a ``rows x cols`` patch grid: (batch, rows*cols, 2)."""
     r = torch.arange(rows, device=device)
     c = torch.arange(cols, device=device)
     grid = torch.cartesian_prod(r, c)
@@ -93,12 +93,14 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, C) -> (B, heads, N, C / heads)."""
     b, n, c = x.shape
     return x.view(b, n, num_heads, c // num_heads).transpose(1, 2)
 
 
-def _merge(x: torch.Tensor) -> torch.Tensor:
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, D) -> (B, N, heads * D)."""
     b, h, n, d = x.shape
     return x.transpose(1, 2).reshape(b, n, h * d)
 
@@ -125,7 +127,7 @@ class Attention(nn.Module):
         if self.rope is not None:
             q = self.rope(q, pos)
             k = self.rope(k, pos)
-        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v, scale=self.scale)))
+        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, scale=self.scale)))
 
 
 class CrossAttention(nn.Module):
@@ -143,13 +145,13 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, xpos: torch.Tensor | None,
                 mpos: torch.Tensor | None) -> torch.Tensor:
-        q = _heads(self.projq(x), self.num_heads)
-        k = _heads(self.projk(memory), self.num_heads)
-        v = _heads(self.projv(memory), self.num_heads)
+        q = split_heads(self.projq(x), self.num_heads)
+        k = split_heads(self.projk(memory), self.num_heads)
+        v = split_heads(self.projv(memory), self.num_heads)
         if self.rope is not None:
             q = self.rope(q, xpos)
             k = self.rope(k, mpos)
-        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
 class Block(nn.Module):

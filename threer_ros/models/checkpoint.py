@@ -40,15 +40,17 @@ def _fail(path: Path, problem: str) -> CheckpointError:
 
 
 def read_pth(path: Path) -> dict[str, Any]:
-    """``torch.load`` a ``.pth`` with ``weights_only=True``, allowing only ``argparse.Namespace``."""
+    """``torch.load(weights_only=True)`` a ``.pth``, allowing only ``argparse.Namespace``."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _fail(path, "refused to unpickle: the file contains objects other than tensors and "
-                          f"plain values (possibly code). Detail: {str(exc).splitlines()[0]}") from None
+                          f"plain values (possibly code). Detail: {str(exc).splitlines()[0]}"
+                    ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise _fail(path, f"not a readable PyTorch checkpoint (truncated or corrupt?): {exc}") from None
+        raise _fail(path, f"not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
+                    ) from None
     if not isinstance(obj, dict):
         raise _fail(path, f"expected a dict checkpoint, found {type(obj).__name__}")
     return obj
@@ -123,7 +125,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             state = {k: f.get_tensor(k) for k in f.keys()}
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise _fail(path, f"not a readable safetensors file (truncated or corrupt?): {exc}") from None
+        raise _fail(path, f"not a readable safetensors file (truncated or corrupt?): {exc}"
+                    ) from None
     for alias, stored in metadata.items():
         if stored in state and alias not in state:
             state[alias] = state[stored]

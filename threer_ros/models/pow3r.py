@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from threer_ros.models.blocks import (Attention, CrossAttention, LayerNorm6, Mlp, PatchEmbed,
-                                      RoPE2D, make_rope)
+                                      RoPE2D, make_rope, merge_heads, split_heads)
 from threer_ros.models.dust3r import BACKBONE_DEFAULTS, _true_shape, merged_arguments
 from threer_ros.models.heads import apply_head, regress_confidence, tokens_to_map
 from threer_ros.models.spec import ModelSpec, SpecError
@@ -66,16 +66,6 @@ def _cls_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torc
     return F.scaled_dot_product_attention(q_wide, k_wide, v, scale=scale)
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
-
-
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
 class ClsSelfAttention(Attention):
     """Self-attention with CLS-aware RoPE (parameters as :class:`Attention`)."""
 
@@ -83,7 +73,7 @@ class ClsSelfAttention(Attention):
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads) \
             .permute(2, 0, 3, 1, 4).unbind(0)
-        return self.proj(_merge_heads(_cls_attention(q, k, v, pos, pos, self.rope, num_cls)))
+        return self.proj(merge_heads(_cls_attention(q, k, v, pos, pos, self.rope, num_cls)))
 
 
 class ClsCrossAttention(CrossAttention):
@@ -91,10 +81,10 @@ class ClsCrossAttention(CrossAttention):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, xpos: torch.Tensor,
                 mpos: torch.Tensor, num_cls: int = 0) -> torch.Tensor:
-        q = _split_heads(self.projq(x), self.num_heads)
-        k = _split_heads(self.projk(memory), self.num_heads)
-        v = _split_heads(self.projv(memory), self.num_heads)
-        return self.proj(_merge_heads(_cls_attention(q, k, v, xpos, mpos, self.rope, num_cls)))
+        q = split_heads(self.projq(x), self.num_heads)
+        k = split_heads(self.projk(memory), self.num_heads)
+        v = split_heads(self.projv(memory), self.num_heads)
+        return self.proj(merge_heads(_cls_attention(q, k, v, xpos, mpos, self.rope, num_cls)))
 
 
 class EncoderBlock(nn.Module):
@@ -292,8 +282,9 @@ class Pow3R(nn.Module):
                pose1: torch.Tensor | None, pose2: torch.Tensor | None):
         out1, out2 = [f1], [f2]
         x1, x2 = self.decoder_embed(f1), self.decoder_embed(f2)
-        emb1 = None if pose1 is None else self.pose_embed(pose1[:, :3].flatten(1).to(x1.dtype))[:, None]
-        emb2 = None if pose2 is None else self.pose_embed(pose2[:, :3].flatten(1).to(x2.dtype))[:, None]
+        emb1, emb2 = (None if pose is None else
+                      self.pose_embed(pose[:, :3].flatten(1).to(x1.dtype))[:, None]
+                      for pose in (pose1, pose2))
         if self.num_cls:
             c1 = self.cls_token1.expand(len(x1), 1, -1)
             c2 = self.cls_token2.expand(len(x2), 1, -1)

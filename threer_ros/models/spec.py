@@ -81,7 +81,8 @@ def parse_constructor(source: str) -> ModelSpec:
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
         raise SpecError(f"constructor string {source[:80]!r} is not a call of a model class")
     if call.func.id not in MODEL_NAMES:
-        raise SpecError(f"unknown model class {call.func.id!r}; supported: {', '.join(MODEL_NAMES)}")
+        raise SpecError(f"unknown model class {call.func.id!r}; "
+                        f"supported: {', '.join(MODEL_NAMES)}")
     if call.args:
         raise SpecError("positional constructor arguments are not supported")
     kwargs = {}

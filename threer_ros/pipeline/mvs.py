@@ -219,26 +219,25 @@ class PlaneSweepReconstructor:
         s = self.settings
         n, H, W = depth.shape
         dev = depth.device
-        v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64),
-                              torch.arange(W, dtype=torch.float64), indexing="ij")
-        pix = torch.stack([u.ravel(), v.ravel(), torch.ones(H * W, dtype=torch.float64)], 1)
+        v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=dev),
+                              torch.arange(W, dtype=torch.float32, device=dev), indexing="ij")
+        pix = torch.stack([u.ravel(), v.ravel(), torch.ones(H * W, device=dev)], 1)
+        K32, T32 = K.float().to(dev), T.float().to(dev)
+        world_to_cam = torch.linalg.inv(T.double()).float().to(dev)
         counts = torch.zeros(n, H, W, dtype=torch.int32, device=dev)
         for i in range(n):
-            z = depth[i].reshape(-1).double().cpu()
-            cam = (pix @ torch.linalg.inv(K[i]).T) * z[:, None]
-            rig = cam @ T[i, :3, :3].T + T[i, :3, 3]
-            for j in range(n):
-                if j == i:
-                    continue
-                world_to_j = torch.linalg.inv(T[j])
-                pj = rig @ world_to_j[:3, :3].T + world_to_j[:3, 3]
-                zj = pj[:, 2]
-                uv = (pj @ K[j].T)[:, :2] / zj.clamp(min=1e-9)[:, None]
-                grid = torch.stack([uv[:, 0] / (W - 1) * 2 - 1, uv[:, 1] / (H - 1) * 2 - 1], -1)
-                sampled = F.grid_sample(depth[j][None, None].float(),
-                                        grid.reshape(1, H, W, 2).float().to(dev),
-                                        mode="nearest", align_corners=True)[0, 0]
-                zj = zj.reshape(H, W).float().to(dev)
-                agree = (sampled > 0) & ((sampled - zj).abs() <= s.consistency * zj)
-                counts[i] += agree.int()
+            cam = (pix @ torch.linalg.inv(K32[i]).T) * depth[i].reshape(-1, 1)
+            rig = cam @ T32[i, :3, :3].T + T32[i, :3, 3]
+            others = [j for j in range(n) if j != i]
+            pj = torch.einsum("jab,pb->jpa", world_to_cam[others, :3, :3], rig) + \
+                world_to_cam[others, None, :3, 3]                              # (n-1, HW, 3)
+            zj = pj[..., 2]
+            uv = torch.einsum("jab,jpb->jpa", K32[others], pj)[..., :2] / \
+                zj.clamp(min=1e-9)[..., None]
+            grid = torch.stack([uv[..., 0] / (W - 1) * 2 - 1, uv[..., 1] / (H - 1) * 2 - 1], -1)
+            sampled = F.grid_sample(depth[others][:, None], grid.reshape(n - 1, H, W, 2),
+                                    mode="nearest", align_corners=True)[:, 0]
+            zj = zj.reshape(n - 1, H, W)
+            agree = (sampled > 0) & ((sampled - zj).abs() <= s.consistency * zj)
+            counts[i] = agree.sum(0, dtype=torch.int32)
         return torch.where(depth > 0, counts, torch.zeros_like(counts))

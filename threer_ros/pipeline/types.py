@@ -125,7 +125,7 @@ class Reconstruction:
 
     def __post_init__(self) -> None:
         n = len(self.points)
-        if self.points.shape != (n, 3) or self.colors.shape != (n, 3) or self.confidence.shape != (n,):
+        if (self.points.shape, self.colors.shape, self.confidence.shape) != ((n, 3), (n, 3), (n,)):
             raise ValueError(
                 f"inconsistent reconstruction arrays: points {self.points.shape}, "
                 f"colors {self.colors.shape}, confidence {self.confidence.shape}")

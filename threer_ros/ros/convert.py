@@ -105,7 +105,7 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
 
 
 def encode_compressed(rgb: np.ndarray, kind: str = "jpeg", quality: int = 95) -> bytes:
-    """Encode RGB as the bytes of a CompressedImage with format ``"rgb8; <kind> compressed bgr8"``."""
+    """Encode RGB as CompressedImage bytes (format ``"rgb8; <kind> compressed bgr8"``)."""
     ext = {"jpeg": ".jpg", "png": ".png"}[kind]
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if kind == "jpeg" else []
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[..., ::-1]), params)

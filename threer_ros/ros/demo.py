@@ -2,8 +2,8 @@
 
 Three processes talk over DDS: the synthetic rig publisher (``threer-ros replay --synthetic``),
 the capture node (``mvs`` backend) and this command, which subscribes like RViz, waits for the
-first fused cloud, writes it as PLY with a PNG preview, and prints its accuracy against the
-synthetic ground truth and the node's stage timings.
+first fused cloud of all cameras, writes it as PLY with a PNG preview, and prints its accuracy
+against the synthetic ground truth and the node's stage timings.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
@@ -27,22 +26,22 @@ from threer_ros.data.preview import render_points, save_preview
 from threer_ros.data.synthetic import SyntheticRig
 from threer_ros.geometry.fusion import accuracy_completeness
 from threer_ros.ros.convert import cloud_from_msg
-from threer_ros.ros.probe import OutputProbe
+from threer_ros.ros.probe import OutputProbe, Recorded
 
 PIPELINE_STATUS = "threer_ros: pipeline"
 
 
-def _reconstructions(probe: OutputProbe) -> int:
+def _pipeline_values(probe: OutputProbe) -> dict[str, str]:
     status = probe.latest_status(PIPELINE_STATUS)
-    values = {kv.key: kv.value for kv in status.values} if status else {}
-    return int(values.get("reconstructions", 0))
+    return {kv.key: kv.value for kv in status.values} if status else {}
 
 
 def _stop(process: subprocess.Popen) -> None:
+    """Ctrl-C a child; the node first finishes the reconstruction it is running."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=120)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -72,9 +71,13 @@ def run_demo(args: argparse.Namespace) -> int:
     spinner.start()
     started = time.monotonic()
     try:
+        cameras = len(params["cameras"])
+        # a set with every camera (the first may miss some while DDS discovery settles), and
+        # diagnostics that describe that set
         got = probe.wait_for(
-            lambda r: bool(r.clouds) and _reconstructions(probe) >= 1
-            and len(r.tf_static) >= len(params["cameras"]), timeout=args.timeout)
+            lambda r: (cloud := _complete_cloud(r, cameras)) is not None
+            and _pipeline_values(probe).get("points_published") == str(cloud.width)
+            and len(r.tf_static) >= cameras, timeout=args.timeout)
         for name, proc in (("capture node", node), ("synthetic rig", replay)):
             if proc.poll() is not None:
                 print(f"demo: the {name} exited early with status {proc.returncode}",
@@ -92,24 +95,36 @@ def run_demo(args: argparse.Namespace) -> int:
         _stop(node)
 
 
+def _complete_cloud(recorded: Recorded, cameras: int):
+    """The newest cloud whose set had every camera (matched to its PoseArray by stamp)."""
+    full = {(p.header.stamp.sec, p.header.stamp.nanosec) for p in recorded.poses
+            if len(p.poses) == cameras}
+    for cloud in reversed(recorded.clouds):
+        if (cloud.header.stamp.sec, cloud.header.stamp.nanosec) in full:
+            return cloud
+    return None
+
+
 def _report(probe: OutputProbe, rig: SyntheticRig, out: Path, wall_s: float) -> int:
-    cloud = probe.recorded.clouds[-1]
+    cloud = _complete_cloud(probe.recorded, len(rig.views))
     points, colors, confidence = cloud_from_msg(cloud)
     write_ply(out / "cloud.ply", points, colors, confidence)
-    front = rig.views[len(rig.views) // 4]
-    rendered = render_points(points, colors, front.calibration.cam_to_rig,
-                             size=front.image.shape[:2])
+    front = rig.views[len(rig.views) // 4]                   # upper row, near the middle
+    height, width = front.image.shape[:2]
+    view = front.calibration.scaled_to(2 * width, 2 * height)  # a preview twice the input size
+    rendered = render_points(points, colors, view.cam_to_rig, view.K, (2 * height, 2 * width),
+                             splat=5)
     save_preview(out / "preview.png", [front.image, rendered])
     metrics = accuracy_completeness(points, rig.surface_points(), threshold=0.005)
-    status = probe.latest_status(PIPELINE_STATUS)
-    values = {kv.key: kv.value for kv in status.values}
-    print(f"\nfused cloud: {len(points)} points in frame '{cloud.header.frame_id}', "
-          f"{len(probe.recorded.tf_static)} camera frames on /tf_static")
+    values = _pipeline_values(probe)
+    print(f"\nfused cloud: {len(points)} points from {len(rig.views)} cameras in frame "
+          f"'{cloud.header.frame_id}', {len(probe.recorded.tf_static)} camera frames on "
+          "/tf_static")
     print("accuracy against the synthetic ground truth:")
     print(f"  distance to the true surface: mean {metrics.mean * 1e3:.2f} mm, "
           f"median {metrics.median * 1e3:.2f} mm")
     print(f"  completeness (true surface within 5 mm): {metrics.completeness * 100:.1f} %")
-    print("node timings (last set):")
+    print("node timings (this set):")
     for key, value in values.items():
         if key.startswith("stage_") or key == "end_to_end_latency_s":
             print(f"  {key.removeprefix('stage_').removesuffix('_s'):>22}: "
@@ -124,7 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
-    p.add_argument("--width", type=int, default=320, help="image width in pixels")
+    p.add_argument("--width", type=int, default=192, help="image width in pixels")
     p.add_argument("--rate", type=float, default=1.0, help="rig trigger rate in Hz")
     p.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

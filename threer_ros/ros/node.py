@@ -173,7 +173,8 @@ class CaptureNode(Node):
         self._poses_pub = self.create_publisher(PoseArray, s.poses_topic, reliable)
         self._tf_pub = self.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
         self._tf_static_pub = self.create_publisher(TFMessage, "/tf_static", latched)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics",
+                                               QoSProfile(depth=10))
         for camera in s.cameras:
             self._subscribe(camera)
         self._worker: LatestSetWorker = LatestSetWorker(
@@ -266,10 +267,14 @@ class CaptureNode(Node):
         return self._reconstructor.reconstruct(item[0])
 
     def _report_failure(self, item: tuple[FrameSet, float], exc: BaseException) -> None:
+        if not self.context.ok():  # shutting down: nothing to report to
+            return
         self.get_logger().error(f"reconstruction of the set at {item[0].stamp_ns} ns failed: "
                                 f"{type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
     def _publish(self, item: tuple[FrameSet, float], recon: Reconstruction) -> None:
+        if not self.context.ok():  # the job finished after Ctrl-C: nobody to publish to
+            return
         s = self.settings
         started = time.perf_counter()
         points, colors, conf = recon.points, recon.colors, recon.confidence
@@ -340,7 +345,8 @@ class CaptureNode(Node):
         elif work.failed and (recon is None):
             level, message = DiagnosticStatus.ERROR, "every reconstruction failed so far"
         elif self._last_missing:
-            level, message = DiagnosticStatus.WARN, f"missing cameras: {', '.join(self._last_missing)}"
+            level = DiagnosticStatus.WARN
+            message = f"missing cameras: {', '.join(self._last_missing)}"
         else:
             level, message = DiagnosticStatus.OK, "reconstructing"
         array.status.append(self._status("threer_ros: pipeline", level, message, values))

@@ -74,8 +74,9 @@ class LatestSetWorker(Generic[T, R]):
             return self._cond.wait_for(lambda: self._pending is None and not self._busy,
                                        timeout=timeout)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the running job (pending items are discarded) and end the thread."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the running job (pending items are discarded) and end the thread; by default
+        waits for the job (a reconstruction cannot be interrupted half-way)."""
         with self._cond:
             self._stopping = True
             self._pending = None
