@@ -166,7 +166,7 @@ def test_transforms_carry_camera_centre_and_viewing_direction():
     from builtin_interfaces.msg import Time
 
     from threer_ros.geometry.transforms import quaternion_to_matrix
-    from threer_ros.ros.convert import transform_msgs
+    from threer_ros.ros.convert import transform_msgs, transform_to_matrix
 
     pose = look_at(np.array([1.0, 0.2, 0.3]), np.zeros(3), np.array([0.0, 0.0, 1.0]))
     (t,) = transform_msgs("rig", ["cam_optical_frame"], pose[None], Time(sec=3))
@@ -178,3 +178,4 @@ def test_transforms_carry_camera_centre_and_viewing_direction():
     R = quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w]))
     np.testing.assert_allclose(R @ [0, 0, 1], -np.array([1.0, 0.2, 0.3]) / np.linalg.norm(
         [1.0, 0.2, 0.3]), atol=1e-9)   # optical z looks at the rig origin
+    np.testing.assert_allclose(transform_to_matrix(t.transform), pose, atol=1e-12)

@@ -21,6 +21,7 @@ rclpy = pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make tes
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from builtin_interfaces.msg import Time  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from threer_ros.config import read_parameters  # noqa: E402
@@ -71,6 +72,12 @@ class RigDriver(Node):
         self.info_pubs[camera].publish(info)
         self.image_pubs[camera].publish(msg)
 
+    def publish_camera_infos(self) -> None:
+        for view in self.rig.views:
+            info = CameraInfo(**calibration_to_camera_info_fields(view.calibration))
+            info.header.frame_id = f"{view.name}_optical_frame"
+            self.info_pubs[view.name].publish(info)
+
     def publish_set(self, stamp_ns: int, cameras=CAMERAS) -> None:
         for i, camera in enumerate(cameras):
             self.publish_image(camera, stamp_ns + (i % 3) * 200_000)  # 0.2 ms jitter
@@ -81,19 +88,16 @@ def rig() -> SyntheticRig:
     return SyntheticRig.render(seed=3, width=WIDTH, names=CAMERAS)
 
 
-@pytest.fixture(scope="module")
-def graph(rig, tmp_path_factory, ros_domain_id):
-    """(node process, driver, probe) on this session's ROS domain."""
-    calibration = tmp_path_factory.mktemp("rig") / "rig.yaml"
-    save_rig_calibration(calibration, "rig", {v.name: v.calibration for v in rig.views})
-    env = dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id))
+def _start_graph(rig: SyntheticRig, rig_calibration: str, domain_id: int):
+    """Start the node process with ``rig_calibration``; return (process, driver, probe, stop)."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
     node = subprocess.Popen(
         [sys.executable, "-m", "threer_ros.ros.node", "--ros-args",
-         "-p", f"rig_calibration:={calibration}", "-p", "backend:=mvs", "-p", "device:=cpu",
+         "-p", f"rig_calibration:={rig_calibration}", "-p", "backend:=mvs", "-p", "device:=cpu",
          "-p", f"working_width:={WIDTH}", "-p", "min_cameras:=12", "-p", "max_rate:=0.0",
          "-p", "sync_tolerance:=0.005"], env=env)
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_domain_id)
+    rclpy.init(context=context, domain_id=domain_id)
     driver, probe = RigDriver(rig, context), OutputProbe(context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(driver)
@@ -102,13 +106,26 @@ def graph(rig, tmp_path_factory, ros_domain_id):
     spinner.start()
     assert probe.wait_for(lambda r: r.diagnostics, WAIT), "the node published no diagnostics"
     assert driver.wait_for_subscribers(WAIT), "the node did not subscribe to every camera"
+
+    def stop() -> None:
+        executor.shutdown()
+        driver.destroy_node()
+        probe.destroy_node()
+        rclpy.shutdown(context=context)
+        node.terminate()
+        node.wait(timeout=60)
+
+    return node, driver, probe, stop
+
+
+@pytest.fixture(scope="module")
+def graph(rig, tmp_path_factory, ros_domain_id):
+    """(node process, driver, probe) on this session's ROS domain, calibration from a file."""
+    calibration = tmp_path_factory.mktemp("rig") / "rig.yaml"
+    save_rig_calibration(calibration, "rig", {v.name: v.calibration for v in rig.views})
+    node, driver, probe, stop = _start_graph(rig, str(calibration), ros_domain_id)
     yield node, driver, probe
-    executor.shutdown()
-    driver.destroy_node()
-    probe.destroy_node()
-    rclpy.shutdown(context=context)
-    node.terminate()
-    node.wait(timeout=20)
+    stop()
 
 
 def _publish_until(publish, probe: OutputProbe, predicate, timeout: float = WAIT) -> bool:
@@ -209,3 +226,36 @@ def test_stamps_going_backwards_do_not_break_the_node(graph):
 
     assert _publish_until(restart, probe, lambda r: _reconstructions(probe) > done)
     assert node.poll() is None
+
+
+def test_camera_poses_can_come_from_the_rigs_tf_static(rig, ros_domain_id):
+    """``rig_calibration:=tf``: the rig publishes its camera frames on /tf_static (latched)."""
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from tf2_msgs.msg import TFMessage
+
+    from threer_ros.ros.convert import transform_msgs
+
+    node, driver, probe, stop = _start_graph(rig, "tf", (ros_domain_id % 100) + 101)
+    try:
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        tf_pub = driver.create_publisher(TFMessage, "/tf_static", latched)
+        poses = np.stack([v.calibration.cam_to_rig for v in rig.views])
+        transforms: list[TransformStamped] = transform_msgs(
+            "rig", [f"{v.name}_optical_frame" for v in rig.views], poses, Time())
+
+        def calibrate() -> None:  # a rig's TF and camera drivers publish these on their own
+            tf_pub.publish(TFMessage(transforms=transforms))
+            driver.publish_camera_infos()
+
+        assert _publish_until(calibrate, probe, lambda r: all(
+            _camera_status(probe, c)["has_extrinsics"] == "True"
+            and _camera_status(probe, c)["has_camera_info"] == "True" for c in CAMERAS))
+        assert _publish_until(lambda: driver.publish_set(50_000_000_000), probe,
+                              lambda r: any(len(p.poses) == len(CAMERAS) for p in r.poses))
+        full = next(p for p in probe.recorded.poses if len(p.poses) == len(CAMERAS))
+        got = np.array([[p.position.x, p.position.y, p.position.z] for p in full.poses])
+        np.testing.assert_allclose(got, poses[:, :3, 3], atol=1e-6)
+        assert node.poll() is None
+    finally:
+        stop()

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from threer_ros.geometry.transforms import matrix_to_quaternion
+from threer_ros.geometry.transforms import matrix_to_quaternion, quaternion_to_matrix
 from threer_ros.pipeline.types import CameraCalibration
 
 
@@ -230,6 +230,15 @@ def transform_msgs(parent_frame: str, child_frames: Sequence[str], cam_to_rig: n
         r.x, r.y, r.z, r.w = (float(v) for v in q)
         out.append(msg)
     return out
+
+
+def transform_to_matrix(transform: Any) -> np.ndarray:
+    """4x4 pose of a ``geometry_msgs/Transform`` (translation, quaternion x, y, z, w)."""
+    t, q = transform.translation, transform.rotation
+    pose = np.eye(4)
+    pose[:3, :3] = quaternion_to_matrix(np.array([q.x, q.y, q.z, q.w]))
+    pose[:3, 3] = (t.x, t.y, t.z)
+    return pose
 
 
 def pose_array_msg(header: Any, cam_to_rig: np.ndarray):

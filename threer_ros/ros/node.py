@@ -11,6 +11,10 @@ Topics (names from the parameters):
 * out (reliable): ``points`` (PointCloud2 in ``output_frame``: x, y, z, rgb, confidence),
   ``camera_poses`` (PoseArray), ``/tf`` or ``/tf_static`` (``output_frame`` ->
   ``<camera>_optical_frame``; static when the poses are the calibration), ``/diagnostics``.
+
+With ``rig_calibration: tf`` the camera poses are read from ``/tf_static`` (transforms
+``output_frame -> <camera>_optical_frame`` published by the rig) instead of a file, and the
+node does not publish them again.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from threer_ros.pipeline.backends import BackendOptions, make_reconstructor, res
 from threer_ros.pipeline.frames import FramePreparer
 from threer_ros.pipeline.types import CameraCalibration, Frame, FrameSet, Reconstruction
 from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration, cloud_to_msg,
-                                    image_from_msg, pose_array_msg, transform_msgs)
+                                    image_from_msg, pose_array_msg, transform_msgs,
+                                    transform_to_matrix)
 from threer_ros.ros.sync import FrameSynchronizer
 from threer_ros.ros.worker import LatestSetWorker
 
@@ -138,7 +143,10 @@ class CaptureNode(Node):
         s = self.settings
         self._lock = threading.Lock()
         self._rig: RigCalibration | None = None
-        if s.rig_calibration:
+        self._poses_from_tf = s.rig_calibration == "tf"
+        if self._poses_from_tf:
+            self._rig = RigCalibration(s.output_frame, {}, {})
+        elif s.rig_calibration:
             self._rig = load_rig_calibration(s.rig_calibration)
         self._camera_info: dict[str, CameraCalibration] = {}
         self._stats = {c: CameraStats() for c in s.cameras}
@@ -177,6 +185,11 @@ class CaptureNode(Node):
                                                QoSProfile(depth=10))
         for camera in s.cameras:
             self._subscribe(camera)
+        if self._poses_from_tf:
+            self.create_subscription(TFMessage, "/tf_static", self._on_tf_static,
+                                     QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                                history=HistoryPolicy.KEEP_LAST))
         self._worker: LatestSetWorker = LatestSetWorker(
             self._reconstruct, self._publish, self._report_failure, max_rate=s.max_rate)
         self.create_timer(1.0, self._on_timer)
@@ -220,6 +233,14 @@ class CaptureNode(Node):
             return
         if calib is not None:
             self._camera_info[camera] = calib
+
+    def _on_tf_static(self, msg: TFMessage) -> None:
+        """Take camera poses ``output_frame -> <camera>_optical_frame`` from the rig's TF."""
+        frames = {f"{c}_optical_frame": c for c in self.settings.cameras}
+        for t in msg.transforms:
+            camera = frames.get(t.child_frame_id)
+            if camera is not None and t.header.frame_id == self.settings.output_frame:
+                self._rig.cam_to_rig[camera] = transform_to_matrix(t.transform)
 
     def _calibration(self, camera: str) -> CameraCalibration | None:
         info = self._camera_info.get(camera)
@@ -291,7 +312,7 @@ class CaptureNode(Node):
         transforms = transform_msgs(s.output_frame, [f"{c}_optical_frame" for c in recon.cameras],
                                     recon.cam_to_rig, header.stamp)
         if recon.poses_from_calibration:
-            if recon.cameras != self._static_sent:
+            if recon.cameras != self._static_sent and not self._poses_from_tf:
                 self._tf_static_pub.publish(TFMessage(transforms=transforms))
                 self._static_sent = recon.cameras
         else:
@@ -359,7 +380,8 @@ class CaptureNode(Node):
             array.status.append(self._status(
                 f"threer_ros: camera {camera}", level, msg,
                 {"rate_hz": f"{rate:.2f}", "received": st.received, "rejected": st.rejected,
-                 "has_camera_info": camera in self._camera_info}))
+                 "has_camera_info": camera in self._camera_info,
+                 "has_extrinsics": self._rig is not None and camera in self._rig.cam_to_rig}))
         return array
 
     def _status(self, name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
