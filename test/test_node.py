@@ -236,7 +236,7 @@ def test_camera_poses_can_come_from_the_rigs_tf_static(rig, ros_domain_id):
 
     from threer_ros.ros.convert import transform_msgs
 
-    node, driver, probe, stop = _start_graph(rig, "tf", (ros_domain_id % 100) + 101)
+    node, driver, probe, stop = _start_graph(rig, "tf", ros_domain_id + 50)
     try:
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         tf_pub = driver.create_publisher(TFMessage, "/tf_static", latched)
