@@ -8,7 +8,6 @@ import sys
 import threading
 from collections import defaultdict
 
-import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make test installs it)")

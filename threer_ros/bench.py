@@ -251,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros bench``."""
-    p = subparsers.add_parser("bench", help="time the networks (random weights)",
+    p = subparsers.add_parser("bench", help="measure networks and backends (speed, numerics)",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["models", "backends", "parity"],

@@ -20,7 +20,13 @@ _COMMAND_MODULES = (
 )
 
 
-def _needs_ros(name: str, error: ImportError):
+def _is_ros_package(module: str | None) -> bool:
+    """Whether a failed import is of ROS 2 itself (rclpy or a message package)."""
+    root = (module or "").split(".")[0]
+    return root == "rclpy" or root.endswith("_msgs") or root == "builtin_interfaces"
+
+
+def _needs_ros(error: ImportError):
     def explain(_args: argparse.Namespace) -> int:
         print(f"threer-ros: this command needs ROS 2 (import failed: {error}). Source a ROS 2 "
               "installation (Humble, Jazzy, Kilted) or use the project's venv: make venv",
@@ -32,18 +38,18 @@ def _needs_ros(name: str, error: ImportError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="threer-ros",
-        description="Multi-camera 3D reconstruction with Fast3R, MASt3R, Pow3R and plane-sweep "
-                    "stereo, for ROS 2 and offline.")
+        description="Multi-camera 3D reconstruction for ROS 2 capture rigs: the capture node's "
+                    "demo and camera replay, the Fast3R / MASt3R / Pow3R networks' weights "
+                    "and benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
-            if not name.startswith("threer_ros.ros."):
+            if not name.startswith("threer_ros.ros.") or not _is_ros_package(exc.name):
                 raise
-            command = name.rsplit(".", 1)[1]
-            sub.add_parser(command, help="(needs ROS 2)").set_defaults(
-                func=_needs_ros(command, exc))
+            sub.add_parser(name.rsplit(".", 1)[1], help="(needs ROS 2)").set_defaults(
+                func=_needs_ros(exc))
             continue
         module.register(sub)
     return parser

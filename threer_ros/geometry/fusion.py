@@ -1,4 +1,4 @@
-"""Point-cloud fusion and evaluation: voxel down-sampling, outlier removal, accuracy metrics."""
+"""Point-cloud fusion and evaluation: voxel down-sampling and accuracy metrics."""
 
 from __future__ import annotations
 
@@ -29,20 +29,6 @@ def voxel_downsample(points: np.ndarray, colors: np.ndarray, confidence: np.ndar
 
     return (mean(points).astype(np.float32), np.round(mean(colors)).astype(np.uint8),
             mean(confidence).astype(np.float32))
-
-
-def remove_statistical_outliers(points: np.ndarray, neighbours: int = 16,
-                                std_ratio: float = 2.0) -> np.ndarray:
-    """Boolean mask of inliers: mean distance to the ``neighbours`` nearest points is within
-    ``std_ratio`` standard deviations of the cloud's average (the usual statistical filter)."""
-    from scipy.spatial import cKDTree
-
-    if len(points) <= neighbours:
-        return np.ones(len(points), bool)
-    distances, _ = cKDTree(points).query(points, k=neighbours + 1)
-    mean_distance = distances[:, 1:].mean(axis=1)
-    limit = mean_distance.mean() + std_ratio * mean_distance.std()
-    return mean_distance <= limit
 
 
 @dataclass(frozen=True)

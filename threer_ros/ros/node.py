@@ -354,6 +354,7 @@ class CaptureNode(Node):
             "sync_resets": sync.resets,
             "sets_rate_limited": work.rate_limited, "reconstructions": work.completed,
             "reconstruction_failures": work.failed,
+            "last_reconstruction_s": f"{work.last_duration_s:.4f}",
             "missing_cameras_last_set": ",".join(self._last_missing),
             "points_published": self._published_points,
             "end_to_end_latency_s": f"{latency:.4f}",
