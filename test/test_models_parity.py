@@ -86,3 +86,30 @@ def test_fast3r_draws_image_ids_like_the_official_forward(case):
     torch.manual_seed(_case_info("fast3r", case[1])["torch_manual_seed_before_forward"])
     batch, views = data["in.image_ids"].shape
     np.testing.assert_array_equal(draw_image_ids(batch, views).numpy(), data["in.image_ids"])
+
+
+def test_pow3r_takes_portrait_images_transposed_and_mixed_batches():
+    """As the released definition (ManyAR patch embedding, landscape_only): a portrait image is
+    given as its landscape transpose with its portrait ``true_shape``; a batch may mix both."""
+    model = _network("pow3r")
+    torch.manual_seed(0)
+    landscape = torch.rand(1, 3, 48, 64) * 2 - 1
+    portrait = torch.rand(1, 3, 64, 48) * 2 - 1                 # an upright portrait image
+
+    def view(img_landscape_layout, shape):
+        return {"img": img_landscape_layout, "true_shape": torch.tensor([shape])}
+
+    with torch.no_grad():
+        alone_l = model(view(landscape, [48, 64]), view(landscape, [48, 64]))
+        alone_p = model(view(portrait.transpose(-1, -2), [64, 48]),
+                        view(portrait.transpose(-1, -2), [64, 48]))
+        mixed_img = torch.cat([landscape, portrait.transpose(-1, -2)])
+        mixed_view = {"img": mixed_img, "true_shape": torch.tensor([[48, 64], [64, 48]])}
+        mixed = model(mixed_view, mixed_view)
+    for side in (0, 1):
+        for key, value in mixed[side].items():
+            torch.testing.assert_close(value[0], alone_l[side][key][0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(value[1], alone_p[side][key][0], rtol=1e-4, atol=1e-5)
+    assert alone_p[0]["pts3d"].shape == (1, 48, 64, 3)         # landscape layout, like its input
+    with pytest.raises(ValueError, match="takes landscape tensors"):
+        model(view(portrait, [64, 48]), view(portrait, [64, 48]))

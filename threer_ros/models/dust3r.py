@@ -137,13 +137,15 @@ class CroCoStereo(nn.Module):
         return out
 
 
-def _true_shape(view: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _true_shape(view: Mapping[str, torch.Tensor], uniform: bool = True) -> torch.Tensor:
+    """(B, 2) ``true_shape`` of a view (the tensor's size when absent); with ``uniform`` every
+    image of the batch must share it."""
     img = view["img"]
     shape = view.get("true_shape")
     if shape is None:
         return torch.tensor(img.shape[-2:])[None].repeat(img.shape[0], 1)
     shape = torch.as_tensor(shape)
-    if not (shape == shape[0:1]).all():
+    if uniform and not (shape == shape[0:1]).all():
         raise ValueError("all images of a batch must share one true_shape; split the batch")
     return shape
 

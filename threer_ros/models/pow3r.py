@@ -8,7 +8,7 @@ Architecture (as declared by a ``Pow3R(mode=..., head_type=...)`` definition):
 * ``mode='inject[<fractions>]'`` names the blocks (as fractions of the depth, e.g. ``[0, 0.5]``)
   that add the prior embeddings through their own small MLPs; ``'_cls'`` adds a learned CLS
   token per decoder whose attention terms are not rotated by RoPE, and which alone receives the
-  pose embedding; ``'embed'`` modes add the embeddings to the input tokens instead;
+  pose embedding;
 * linear heads with tag lists, e.g. ``'linear_pts3d+conf;linear_pts3d+conf+pts3d2+conf2'``
   (points are raw, confidences ``1 + exp(x)``).
 
@@ -35,7 +35,7 @@ from threer_ros.models.dust3r import BACKBONE_DEFAULTS, _true_shape, merged_argu
 from threer_ros.models.heads import apply_head, regress_confidence, tokens_to_map
 from threer_ros.models.spec import ModelSpec, SpecError
 
-POW3R_DEFAULTS: dict[str, Any] = dict(mode="embed", head_type="linear",
+POW3R_DEFAULTS: dict[str, Any] = dict(mode="inject[]", head_type="linear",
                                       patch_embed_cls="PatchEmbedDust3R", freeze="none",
                                       landscape_only=True)
 
@@ -157,14 +157,13 @@ class PriorPatchEmbed(nn.Module):
         return self.proj[2](patches).flatten(1, 2)
 
 
-def _which_blocks(mode: str) -> tuple[str, set[float] | None]:
-    """Split ``mode`` (without ``_cls``/``_ln``) into its kind and the injected depth fractions."""
-    if mode.startswith("inject"):
-        fractions = ast.literal_eval(mode[mode.find("["):]) if "[" in mode else []
-        return "inject", set(float(f) for f in fractions) or None
-    if mode.startswith("embed"):
-        return "embed", set()
-    raise SpecError(f"unknown Pow3R mode {mode!r}: expected 'embed...' or 'inject[...]'")
+def _injected_fractions(mode: str) -> set[float] | None:
+    """Depth fractions of the blocks that inject priors, from ``'inject[0, 0.5]'`` (the mode
+    without ``_cls``); ``None`` for ``'inject[]'`` (every block)."""
+    if not mode.startswith("inject[") or not mode.endswith("]"):
+        raise SpecError(f"unsupported Pow3R mode {mode!r}: the official class builds "
+                        "'inject[<fractions>]' modes (optionally with '_cls')")
+    return set(float(f) for f in ast.literal_eval(mode[len("inject"):])) or None
 
 
 class LinearTagHead(nn.Module):
@@ -214,7 +213,7 @@ class Pow3R(nn.Module):
         if args["patch_embed_cls"] not in ("PatchEmbedDust3R", "ManyAR_PatchEmbed"):
             raise SpecError(f"unknown patch_embed_cls {args['patch_embed_cls']!r}")
         self.num_cls = 1 if "_cls" in mode else 0
-        self.kind, fractions = _which_blocks(mode.replace("_cls", ""))
+        fractions = _injected_fractions(mode.replace("_cls", ""))
         self.landscape_only = bool(args["landscape_only"]) and \
             args["patch_embed_cls"] == "ManyAR_PatchEmbed"
         enc, dec = args["enc_embed_dim"], args["dec_embed_dim"]
@@ -223,7 +222,6 @@ class Pow3R(nn.Module):
         if fractions is None:  # 'inject[]': every block of either depth's grid
             fractions = {i / n for i in range(n_enc) for n in (n_enc, n_dec)}
         rope = make_rope(args["pos_embed"])
-        inject = self.kind == "inject"
         self.patch_embed = PatchEmbed(enc, self.patch_size)
         self.patch_embed_rays = PriorPatchEmbed(3, enc, self.patch_size)
         self.patch_embed_depth = PriorPatchEmbed(2, enc, self.patch_size)
@@ -232,14 +230,14 @@ class Pow3R(nn.Module):
             self.cls_token1 = nn.Parameter(torch.zeros(dec))
             self.cls_token2 = nn.Parameter(torch.zeros(dec))
         self.enc_blocks = nn.ModuleList([
-            EncoderBlock(enc, args["enc_num_heads"], ratio, rope, inject and i / n_enc in fractions)
+            EncoderBlock(enc, args["enc_num_heads"], ratio, rope, i / n_enc in fractions)
             for i in range(n_enc)])
         self.enc_norm = LayerNorm6(enc)
         self.decoder_embed = nn.Linear(enc, dec)
         for name in ("dec_blocks", "dec_blocks2"):
             setattr(self, name, nn.ModuleList([
-                DecoderBlock(dec, args["dec_num_heads"], ratio, rope,
-                             inject and i / n_dec in fractions) for i in range(n_dec)]))
+                DecoderBlock(dec, args["dec_num_heads"], ratio, rope, i / n_dec in fractions)
+                for i in range(n_dec)]))
         self.dec_norm = LayerNorm6(dec)
         heads = args["head_type"].split(";")
         if len(heads) not in (1, 2):
@@ -249,30 +247,50 @@ class Pow3R(nn.Module):
         self.downstream_head2 = LinearTagHead(head2, dec, self.patch_size)
 
     # --- encoder --------------------------------------------------------------------------
-    def _orient(self, x: torch.Tensor | None, true_shape: torch.Tensor) -> torch.Tensor | None:
-        """With ``landscape_only``, a portrait image arrives as its landscape transpose."""
-        if x is None or not self.landscape_only:
-            return x
-        portrait = true_shape[:, 0] > true_shape[:, 1]
-        if portrait.any() and not portrait.all():
-            raise ValueError("a batch mixes portrait and landscape images; split it")
-        if x.shape[-2] > x.shape[-1]:
+    def _orientation_groups(self, true_shape: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
+        """Batch masks and whether they are portrait images given transposed.
+
+        With ``ManyAR_PatchEmbed`` and ``landscape_only`` (as the released definition), every
+        input tensor is landscape and a portrait image (``true_shape`` H > W) arrives as its
+        transpose; it is embedded upright and its outputs are transposed back. A batch may mix
+        both. Otherwise all images of a batch share one size and nothing is transposed.
+        """
+        batch = len(true_shape)
+        if not self.landscape_only:
+            return [(torch.ones(batch, dtype=torch.bool), False)]
+        portrait = (true_shape[:, 0] > true_shape[:, 1]).cpu()
+        return [(mask, flip) for mask, flip in ((~portrait, False), (portrait, True))
+                if mask.any()]
+
+    def _per_group(self, fn, x: torch.Tensor, groups: list[tuple[torch.Tensor, bool]]
+                   ) -> tuple[torch.Tensor, ...]:
+        """Apply ``fn`` (tensor -> tuple of batch-first tensors) to ``x`` (B, C, H, W) per
+        orientation group, portrait images upright, and reassemble the batch."""
+        if self.landscape_only and x.shape[-2] > x.shape[-1]:
             raise ValueError("this Pow3R configuration (ManyAR_PatchEmbed, landscape_only) takes "
-                             "landscape tensors; give a portrait image transposed, with its "
-                             "portrait true_shape")
-        return x.transpose(-1, -2) if portrait.any() else x
+                             "landscape tensors: give a portrait image (and its priors) "
+                             "transposed, with its portrait true_shape")
+        if len(groups) == 1:
+            return fn(x.transpose(-1, -2) if groups[0][1] else x)
+        merged: list[torch.Tensor] = []
+        for mask, flip in groups:
+            parts = fn(x[mask].transpose(-1, -2) if flip else x[mask])
+            if not merged:
+                merged = [p.new_empty((len(x),) + p.shape[1:]) for p in parts]
+            for full, part in zip(merged, parts):
+                full[mask] = part
+        return tuple(merged)
 
     def encode(self, view: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = _true_shape(view)
-        x, pos = self.patch_embed(self._orient(view["img"], shape))
+        groups = self._orientation_groups(_true_shape(view, uniform=not self.landscape_only))
+        x, pos = self._per_group(self.patch_embed, view["img"], groups)
         priors = []
         for key, embed in (("known_rays", self.patch_embed_rays),
                            ("known_depth", self.patch_embed_depth)):
-            prior = self._orient(view.get(key), shape)
-            priors.append(None if prior is None else embed(prior.to(x.dtype)))
-        if self.kind == "embed":
-            x = x + sum(p for p in priors if p is not None) if any(
-                p is not None for p in priors) else x
+            prior = view.get(key)
+            priors.append(None if prior is None else
+                          self._per_group(lambda t, e=embed: (e(t),), prior.to(x.dtype),
+                                          groups)[0])
         for blk in self.enc_blocks:
             x = blk(x, pos, *priors)
         return self.enc_norm(x), pos
@@ -286,17 +304,10 @@ class Pow3R(nn.Module):
                       self.pose_embed(pose[:, :3].flatten(1).to(x1.dtype))[:, None]
                       for pose in (pose1, pose2))
         if self.num_cls:
-            c1 = self.cls_token1.expand(len(x1), 1, -1)
-            c2 = self.cls_token2.expand(len(x2), 1, -1)
-            if self.kind == "embed":
-                c1 = c1 + emb1 if emb1 is not None else c1
-                c2 = c2 + emb2 if emb2 is not None else c2
-            x1, x2 = torch.cat((c1, x1), 1), torch.cat((c2, x2), 1)
+            x1 = torch.cat((self.cls_token1.expand(len(x1), 1, -1), x1), 1)
+            x2 = torch.cat((self.cls_token2.expand(len(x2), 1, -1), x2), 1)
             cls_pos = -torch.ones(len(p1), 1, 2, dtype=p1.dtype, device=p1.device)
             p1, p2 = torch.cat((cls_pos, p1), 1), torch.cat((cls_pos, p2), 1)
-        elif self.kind == "embed":
-            x1 = x1 + emb1 if emb1 is not None else x1
-            x2 = x2 + emb2 if emb2 is not None else x2
         for blk1, blk2 in zip(self.dec_blocks, self.dec_blocks2):
             x1, x2 = (blk1(x1, x2, p1, p2, self.num_cls, emb1),
                       blk2(x2, x1, p2, p1, self.num_cls, emb2))
@@ -307,10 +318,23 @@ class Pow3R(nn.Module):
 
     def _head(self, head: nn.Module, tokens: list[torch.Tensor], true_shape: torch.Tensor
               ) -> dict[str, torch.Tensor]:
-        height, width = (int(v) for v in true_shape[0])
-        out = apply_head(head, tokens, height, width)
-        if self.landscape_only and height > width:
-            out = {k: v.transpose(1, 2) for k, v in out.items()}
+        """Outputs in the layout of the input tensors (see :meth:`_orientation_groups`)."""
+        groups = self._orientation_groups(true_shape)
+        if not self.landscape_only:
+            return apply_head(head, tokens, *(int(v) for v in true_shape[0]))
+        short, long = int(true_shape.min()), int(true_shape.max())
+        out: dict[str, torch.Tensor] = {}
+        for mask, flip in groups:
+            part = apply_head(head, [t[mask] for t in tokens], *((long, short) if flip
+                                                                   else (short, long)))
+            for key, value in part.items():
+                value = value.transpose(1, 2) if flip else value
+                if len(groups) == 1:
+                    out[key] = value
+                    continue
+                if key not in out:
+                    out[key] = value.new_empty((len(true_shape),) + value.shape[1:])
+                out[key][mask] = value
         return out
 
     def forward(self, view1: Mapping[str, torch.Tensor], view2: Mapping[str, torch.Tensor]
@@ -318,8 +342,9 @@ class Pow3R(nn.Module):
         f1, p1 = self.encode(view1)
         f2, p2 = self.encode(view2)
         dec1, dec2 = self.decode(f1, p1, f2, p2, view1.get("known_pose"), view2.get("known_pose"))
-        res1 = self._head(self.downstream_head1, dec1, _true_shape(view1))
-        res2 = self._head(self.downstream_head2, dec2, _true_shape(view2))
+        uniform = not self.landscape_only
+        res1 = self._head(self.downstream_head1, dec1, _true_shape(view1, uniform))
+        res2 = self._head(self.downstream_head2, dec2, _true_shape(view2, uniform))
         res2["pts3d_in_other_view"] = res2.pop("pts3d")
         return res1, res2
 
