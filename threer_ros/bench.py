@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from threer_ros.cli import command_parser
 from threer_ros.models import build_model
 from threer_ros.models.released import RELEASED
 
@@ -251,9 +252,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros bench``."""
-    p = subparsers.add_parser("bench", help="measure networks and backends (speed, numerics)",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(subparsers, "bench",
+                       "measure networks and backends (speed, numerics)", __doc__)
     p.add_argument("what", choices=["models", "backends", "parity"],
                    help="models: forward time and memory; backends: stage timings of the "
                         "reconstruction backends on the synthetic rig; parity: error of "

@@ -20,6 +20,13 @@ _COMMAND_MODULES = (
 )
 
 
+def command_parser(subparsers: argparse._SubParsersAction, name: str, summary: str,
+                   doc: str | None) -> argparse.ArgumentParser:
+    """Add sub-command ``name`` whose ``--help`` shows its module's docstring ``doc``."""
+    return subparsers.add_parser(name, help=summary, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def _is_ros_package(module: str | None) -> bool:
     """Whether a failed import is of ROS 2 itself (rclpy or a message package)."""
     root = (module or "").split(".")[0]

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from threer_ros.cli import command_parser
+
 HF_FOLDER_FILES = ("config.json", "model.safetensors")
 
 
@@ -204,9 +206,8 @@ def _download(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros weights list|download``."""
-    p = subparsers.add_parser("weights", help="list or download the official network weights",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(subparsers, "weights",
+                       "list or download the official network weights", __doc__)
     sub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     sub.add_parser("list", help="show which weights are present").set_defaults(func=_list)
     d = sub.add_parser("download", help="fetch the official weights")

@@ -19,6 +19,7 @@ from pathlib import Path
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
+from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import save_rig_calibration
 from threer_ros.data.ply import write_ply
@@ -135,9 +136,8 @@ def _report(probe: OutputProbe, rig: SyntheticRig, out: Path, wall_s: float) -> 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros demo``."""
-    p = subparsers.add_parser("demo", help="synthetic rig -> capture node -> PLY + preview",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(subparsers, "demo",
+                       "synthetic rig -> capture node -> PLY + preview", __doc__)
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     p.add_argument("--width", type=int, default=192, help="image width in pixels")
     p.add_argument("--rate", type=float, default=1.0, help="rig trigger rate in Hz")

@@ -20,6 +20,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import save_rig_calibration
 from threer_ros.data.synthetic import SyntheticRig
@@ -111,9 +112,8 @@ def _run_synthetic(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros replay``."""
-    p = subparsers.add_parser("replay", help="publish camera topics from a synthetic rig",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(subparsers, "replay",
+                       "publish camera topics from a synthetic rig", __doc__)
     p.add_argument("--synthetic", action="store_true", required=True,
                    help="render and publish the synthetic 16-camera rig")
     p.add_argument("--config", type=Path, default=None,
