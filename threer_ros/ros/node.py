@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray
 from rclpy.executors import ExternalShutdownException
@@ -129,9 +130,15 @@ def _stamp_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def _stamp_msg(stamp_ns: int):
-    from builtin_interfaces.msg import Time
+def _stamp_msg(stamp_ns: int) -> Time:
     return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+
+
+def _latched(depth: int) -> QoSProfile:
+    """Reliable, transient-local QoS: what tf2 uses for ``/tf_static``."""
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                      history=HistoryPolicy.KEEP_LAST)
 
 
 class CaptureNode(Node):
@@ -158,7 +165,7 @@ class CaptureNode(Node):
         self._last_missing: tuple[str, ...] = ()
         self._last_latency_s = float("nan")
         self._published_points = 0
-        self._static_sent: tuple[str, ...] = ()
+        self._static: dict[str, object] = {}   # child frame -> TransformStamped sent latched
         self._last_transforms: list = []
         self._warned: set[tuple[str, str]] = set()
         self._backend_error = ""
@@ -174,9 +181,7 @@ class CaptureNode(Node):
 
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                               history=HistoryPolicy.KEEP_LAST)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                             history=HistoryPolicy.KEEP_LAST)
+        latched = _latched(depth=1)
         self._cloud_pub = self.create_publisher(PointCloud2, s.cloud_topic, reliable)
         self._poses_pub = self.create_publisher(PoseArray, s.poses_topic, reliable)
         self._tf_pub = self.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
@@ -187,9 +192,7 @@ class CaptureNode(Node):
             self._subscribe(camera)
         if self._poses_from_tf:
             self.create_subscription(TFMessage, "/tf_static", self._on_tf_static,
-                                     QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                                                durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                                                history=HistoryPolicy.KEEP_LAST))
+                                     _latched(depth=100))
         self._worker: LatestSetWorker = LatestSetWorker(
             self._reconstruct, self._publish, self._report_failure, max_rate=s.max_rate)
         self.create_timer(1.0, self._on_timer)
@@ -222,8 +225,8 @@ class CaptureNode(Node):
             self._warned.add((camera, reason))
             self.get_logger().error(f"dropped a message from {camera}: {message}")
         else:
-            self.get_logger().warn(f"dropped a message from {camera}: {message}",
-                                   throttle_duration_sec=10.0)
+            self.get_logger().warning(f"dropped a message from {camera}: {message}",
+                                      throttle_duration_sec=10.0)
 
     def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
         try:
@@ -312,9 +315,8 @@ class CaptureNode(Node):
         transforms = transform_msgs(s.output_frame, [f"{c}_optical_frame" for c in recon.cameras],
                                     recon.cam_to_rig, header.stamp)
         if recon.poses_from_calibration:
-            if recon.cameras != self._static_sent and not self._poses_from_tf:
-                self._tf_static_pub.publish(TFMessage(transforms=transforms))
-                self._static_sent = recon.cameras
+            if not self._poses_from_tf:
+                self._latch_static(transforms)
         else:
             self._tf_pub.publish(TFMessage(transforms=transforms))
         recon.timings_s["publish"] = time.perf_counter() - started
@@ -326,6 +328,18 @@ class CaptureNode(Node):
         self.get_logger().info(
             f"published {len(points)} points from {len(recon.cameras)} cameras; "
             + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in recon.timings_s.items()))
+
+    def _latch_static(self, transforms: list) -> None:
+        """Keep every calibrated camera frame on ``/tf_static``: one latched message holding all
+        frames sent so far, re-sent only when a frame is new or moved."""
+        changed = False
+        for t in transforms:
+            old = self._static.get(t.child_frame_id)
+            if old is None or old.transform != t.transform:
+                self._static[t.child_frame_id] = t
+                changed = True
+        if changed:
+            self._tf_static_pub.publish(TFMessage(transforms=list(self._static.values())))
 
     # --- diagnostics ----------------------------------------------------------------------
     def _on_timer(self) -> None:
