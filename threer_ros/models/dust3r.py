@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from threer_ros.models.blocks import Block, DecoderBlock, LayerNorm6, PatchEmbed, make_rope
-from threer_ros.models.heads import PointsDPTHead, PointsLinearHead, apply_head
+from threer_ros.models.heads import PointsDPTHead, PointsLinearHead
+from threer_ros.models.orientation import (head_per_group, orientation_groups, per_group,
+                                           true_shape_of)
 from threer_ros.models.spec import DPTWidths, ModelSpec, SpecError
 
 #: Constructor arguments of the CroCo backbone and their official defaults.
@@ -81,30 +83,19 @@ class CroCoStereo(nn.Module):
 
     def encode(self, img: torch.Tensor, true_shape: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder tokens (B, S, enc_dim) and patch positions of a batch of images.
-
-        With ``landscape_only`` (``ManyAR_PatchEmbed`` as written in a Pow3R-style definition)
-        a portrait image is given as its landscape transpose and embedded transposed back.
-        """
-        portrait = self._portrait(true_shape)
-        if portrait is not None and portrait.any():
-            if not portrait.all():
-                raise ValueError("a batch mixes portrait and landscape images; split it")
-            img = img.transpose(-1, -2)
-        x, pos = self.patch_embed(img)
+        """Encoder tokens (B, S, enc_dim) and patch positions of a batch of images (portrait
+        images given transposed with ``landscape_only``: see :mod:`.orientation`)."""
+        groups = orientation_groups(true_shape, self.landscape_only)
+        x, pos = per_group(self.patch_embed, img, groups, self.landscape_only)
         for blk in self.enc_blocks:
             x = blk(x, pos)
         return self.enc_norm(x), pos
 
-    def _portrait(self, true_shape: torch.Tensor) -> torch.Tensor | None:
-        if not self.landscape_only:
-            return None
-        return true_shape[:, 0] > true_shape[:, 1]
-
     def encode_pair(self, view1: Mapping[str, torch.Tensor], view2: Mapping[str, torch.Tensor]):
         """Encode both views (in one batch when their sizes agree)."""
         img1, img2 = view1["img"], view2["img"]
-        shape1, shape2 = _true_shape(view1), _true_shape(view2)
+        uniform = not self.landscape_only
+        shape1, shape2 = true_shape_of(view1, uniform), true_shape_of(view2, uniform)
         if img1.shape[-2:] == img2.shape[-2:]:
             x, pos = self.encode(torch.cat((img1, img2)), torch.cat((shape1, shape2)))
             (f1, f2), (p1, p2) = x.chunk(2), pos.chunk(2)
@@ -127,27 +118,9 @@ class CroCoStereo(nn.Module):
 
     def run_head(self, head: nn.Module, tokens: list[torch.Tensor], true_shape: torch.Tensor
                  ) -> dict[str, torch.Tensor]:
-        """Apply ``head`` at the images' resolution; with ``landscape_only`` a portrait image's
-        outputs are transposed back to the landscape layout of its input tensor."""
-        height, width = (int(v) for v in true_shape[0])
-        out = apply_head(head, tokens, height, width)
-        portrait = self._portrait(true_shape)
-        if portrait is not None and portrait.any():
-            out = {k: v.transpose(1, 2) for k, v in out.items()}
-        return out
-
-
-def _true_shape(view: Mapping[str, torch.Tensor], uniform: bool = True) -> torch.Tensor:
-    """(B, 2) ``true_shape`` of a view (the tensor's size when absent); with ``uniform`` every
-    image of the batch must share it."""
-    img = view["img"]
-    shape = view.get("true_shape")
-    if shape is None:
-        return torch.tensor(img.shape[-2:])[None].repeat(img.shape[0], 1)
-    shape = torch.as_tensor(shape)
-    if uniform and not (shape == shape[0:1]).all():
-        raise ValueError("all images of a batch must share one true_shape; split the batch")
-    return shape
+        """Apply ``head`` at the images' resolution, outputs in the input tensors' layout."""
+        return head_per_group(head, tokens, true_shape,
+                              orientation_groups(true_shape, self.landscape_only))
 
 
 def pointmap_head(args: Mapping[str, Any], backbone: CroCoStereo, widths: DPTWidths) -> nn.Module:

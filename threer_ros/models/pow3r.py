@@ -31,8 +31,10 @@ from torch import nn
 
 from threer_ros.models.blocks import (Attention, CrossAttention, LayerNorm6, Mlp, PatchEmbed,
                                       RoPE2D, make_rope, merge_heads, split_heads)
-from threer_ros.models.dust3r import BACKBONE_DEFAULTS, _true_shape, merged_arguments
-from threer_ros.models.heads import apply_head, regress_confidence, tokens_to_map
+from threer_ros.models.dust3r import BACKBONE_DEFAULTS, merged_arguments
+from threer_ros.models.heads import regress_confidence, tokens_to_map
+from threer_ros.models.orientation import (head_per_group, orientation_groups, per_group,
+                                           true_shape_of)
 from threer_ros.models.spec import ModelSpec, SpecError
 
 POW3R_DEFAULTS: dict[str, Any] = dict(mode="inject[]", head_type="linear",
@@ -247,50 +249,17 @@ class Pow3R(nn.Module):
         self.downstream_head2 = LinearTagHead(head2, dec, self.patch_size)
 
     # --- encoder --------------------------------------------------------------------------
-    def _orientation_groups(self, true_shape: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
-        """Batch masks and whether they are portrait images given transposed.
-
-        With ``ManyAR_PatchEmbed`` and ``landscape_only`` (as the released definition), every
-        input tensor is landscape and a portrait image (``true_shape`` H > W) arrives as its
-        transpose; it is embedded upright and its outputs are transposed back. A batch may mix
-        both. Otherwise all images of a batch share one size and nothing is transposed.
-        """
-        batch = len(true_shape)
-        if not self.landscape_only:
-            return [(torch.ones(batch, dtype=torch.bool), False)]
-        portrait = (true_shape[:, 0] > true_shape[:, 1]).cpu()
-        return [(mask, flip) for mask, flip in ((~portrait, False), (portrait, True))
-                if mask.any()]
-
-    def _per_group(self, fn, x: torch.Tensor, groups: list[tuple[torch.Tensor, bool]]
-                   ) -> tuple[torch.Tensor, ...]:
-        """Apply ``fn`` (tensor -> tuple of batch-first tensors) to ``x`` (B, C, H, W) per
-        orientation group, portrait images upright, and reassemble the batch."""
-        if self.landscape_only and x.shape[-2] > x.shape[-1]:
-            raise ValueError("this Pow3R configuration (ManyAR_PatchEmbed, landscape_only) takes "
-                             "landscape tensors: give a portrait image (and its priors) "
-                             "transposed, with its portrait true_shape")
-        if len(groups) == 1:
-            return fn(x.transpose(-1, -2) if groups[0][1] else x)
-        merged: list[torch.Tensor] = []
-        for mask, flip in groups:
-            parts = fn(x[mask].transpose(-1, -2) if flip else x[mask])
-            if not merged:
-                merged = [p.new_empty((len(x),) + p.shape[1:]) for p in parts]
-            for full, part in zip(merged, parts):
-                full[mask] = part
-        return tuple(merged)
-
     def encode(self, view: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        groups = self._orientation_groups(_true_shape(view, uniform=not self.landscape_only))
-        x, pos = self._per_group(self.patch_embed, view["img"], groups)
+        groups = orientation_groups(true_shape_of(view, uniform=not self.landscape_only),
+                                    self.landscape_only)
+        x, pos = per_group(self.patch_embed, view["img"], groups, self.landscape_only)
         priors = []
         for key, embed in (("known_rays", self.patch_embed_rays),
                            ("known_depth", self.patch_embed_depth)):
             prior = view.get(key)
             priors.append(None if prior is None else
-                          self._per_group(lambda t, e=embed: (e(t),), prior.to(x.dtype),
-                                          groups)[0])
+                          per_group(lambda t, e=embed: (e(t),), prior.to(x.dtype), groups,
+                                    self.landscape_only)[0])
         for blk in self.enc_blocks:
             x = blk(x, pos, *priors)
         return self.enc_norm(x), pos
@@ -316,35 +285,16 @@ class Pow3R(nn.Module):
         out1[-1], out2[-1] = self.dec_norm(out1[-1]), self.dec_norm(out2[-1])
         return out1, out2
 
-    def _head(self, head: nn.Module, tokens: list[torch.Tensor], true_shape: torch.Tensor
-              ) -> dict[str, torch.Tensor]:
-        """Outputs in the layout of the input tensors (see :meth:`_orientation_groups`)."""
-        groups = self._orientation_groups(true_shape)
-        if not self.landscape_only:
-            return apply_head(head, tokens, *(int(v) for v in true_shape[0]))
-        short, long = int(true_shape.min()), int(true_shape.max())
-        out: dict[str, torch.Tensor] = {}
-        for mask, flip in groups:
-            part = apply_head(head, [t[mask] for t in tokens], *((long, short) if flip
-                                                                   else (short, long)))
-            for key, value in part.items():
-                value = value.transpose(1, 2) if flip else value
-                if len(groups) == 1:
-                    out[key] = value
-                    continue
-                if key not in out:
-                    out[key] = value.new_empty((len(true_shape),) + value.shape[1:])
-                out[key][mask] = value
-        return out
-
     def forward(self, view1: Mapping[str, torch.Tensor], view2: Mapping[str, torch.Tensor]
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         f1, p1 = self.encode(view1)
         f2, p2 = self.encode(view2)
         dec1, dec2 = self.decode(f1, p1, f2, p2, view1.get("known_pose"), view2.get("known_pose"))
-        uniform = not self.landscape_only
-        res1 = self._head(self.downstream_head1, dec1, _true_shape(view1, uniform))
-        res2 = self._head(self.downstream_head2, dec2, _true_shape(view2, uniform))
+        res1, res2 = (
+            head_per_group(head, tokens, shape, orientation_groups(shape, self.landscape_only))
+            for head, tokens, shape in (
+                (self.downstream_head1, dec1, true_shape_of(view1, not self.landscape_only)),
+                (self.downstream_head2, dec2, true_shape_of(view2, not self.landscape_only))))
         res2["pts3d_in_other_view"] = res2.pop("pts3d")
         return res1, res2
 
@@ -400,7 +350,7 @@ def encode_priors(view1: Mapping[str, torch.Tensor], view2: Mapping[str, torch.T
     """
     views = (dict(view1), dict(view2))
     for view, K, D in ((views[0], K1, D1), (views[1], K2, D2)):
-        height, width = (int(v) for v in _true_shape(view)[0])
+        height, width = (int(v) for v in true_shape_of(view)[0])
         if K is not None:
             view["known_rays"] = rays_from_intrinsics(torch.as_tensor(K), height, width)
         if D is not None:

@@ -122,11 +122,12 @@ class PlaneSweepReconstructor:
         centres, axes = poses[:, :3, 3], poses[:, :3, 2]
         target = _convergence_point(centres, axes)
         distances = ((target - centres) * axes).sum(axis=1)
+        grey = images.mean(1, keepdim=True)                                     # (N, 1, H, W)
         depths, scores = [], []
         for r in range(len(images)):
             order = np.argsort(np.linalg.norm(centres - centres[r], axis=1))[1:1 + s.neighbours]
             near, far = distances[r] * (1 - s.depth_margin), distances[r] * (1 + s.depth_margin)
-            depth, score = self._sweep(r, list(order), images, K, T, near, far)
+            depth, score = self._sweep(r, list(order), grey, K, T, near, far)
             depths.append(depth)
             scores.append(score)
         depth = torch.stack(depths)                                           # (N, H, W)
@@ -134,7 +135,6 @@ class PlaneSweepReconstructor:
         timings["depth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        grey = images.mean(1, keepdim=True)
         texture = (_window_mean(grey ** 2, s.window) - _window_mean(grey, s.window) ** 2)
         texture = texture.clamp(min=0).sqrt()[:, 0] * 255
         valid = (score >= s.min_zncc) & (texture >= s.min_texture) & torch.isfinite(depth)
@@ -162,19 +162,19 @@ class PlaneSweepReconstructor:
                               poses_from_calibration=True, timings_s=timings,
                               info={"mvs_valid_fraction": float(keep.float().mean())})
 
-    def _sweep(self, ref: int, sources: list[int], images: torch.Tensor, K: torch.Tensor,
+    def _sweep(self, ref: int, sources: list[int], grey: torch.Tensor, K: torch.Tensor,
                T: torch.Tensor, near: float, far: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best depth and its ZNCC score per pixel of camera ``ref`` (H, W each)."""
+        """Best depth and its ZNCC score per pixel of camera ``ref`` (H, W each), from the
+        grey images (N, 1, H, W) in [0, 1]."""
         s = self.settings
-        dev = images.device
-        _, _, H, W = images.shape
+        dev = grey.device
+        _, _, H, W = grey.shape
         inv_depths = torch.linspace(1.0 / far, 1.0 / near, s.planes, dtype=torch.float64)
         v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=dev),
                               torch.arange(W, dtype=torch.float32, device=dev), indexing="ij")
         pix = torch.stack([u.ravel(), v.ravel(), torch.ones_like(u.ravel())], 1)
         rays = pix @ torch.linalg.inv(K[ref]).T.float().to(dev)               # z = 1
         inv_planes = inv_depths.float().to(dev)
-        grey = images.mean(1, keepdim=True)                                     # (N, 1, H, W)
         ref_img = grey[ref:ref + 1]
         mu_r = _window_mean(ref_img, s.window)
         var_r = (_window_mean(ref_img ** 2, s.window) - mu_r ** 2).clamp(min=0)
