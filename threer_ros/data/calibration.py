@@ -37,10 +37,14 @@ class CalibrationError(ValueError):
 
 @dataclass(frozen=True)
 class RigCalibration:
-    """Camera-to-rig poses (metres) and optional intrinsics, keyed by camera name."""
+    """Camera-to-rig poses (metres) and optional intrinsics, keyed by camera name.
+
+    ``cam_to_rig`` is a plain dict: the capture node fills it from ``/tf_static`` when the rig
+    publishes its camera frames itself (``rig_calibration: tf``).
+    """
 
     frame_id: str
-    cam_to_rig: Mapping[str, np.ndarray]
+    cam_to_rig: dict[str, np.ndarray]
     intrinsics: Mapping[str, CameraCalibration]
 
     def calibration_for(self, camera: str, from_camera_info: CameraCalibration | None
