@@ -180,10 +180,15 @@ def test_a_silent_camera_still_gives_a_partial_set_that_names_it(graph):
     node, driver, probe = graph
     done = _reconstructions(probe)
 
+    attempt = iter(range(1000))
+
     def two_partial_sets() -> None:
-        driver.publish_set(20_000_000_000, cameras=CAMERAS[:-1])
-        # the first set is closed once it is older than the tolerance: the next set ages it out
-        driver.publish_set(21_000_000_000, cameras=CAMERAS[:-1])
+        # a set that lost a camera is closed once the others are far enough ahead: the next
+        # set's frames close it. Each attempt uses new stamps, since a closed set takes no
+        # repeated frames (best-effort delivery may lose some of the first attempt's).
+        start = 20_000_000_000 + next(attempt) * 1_000_000_000
+        driver.publish_set(start, cameras=CAMERAS[:-1])
+        driver.publish_set(start + 500_000_000, cameras=CAMERAS[:-1])
 
     assert _publish_until(two_partial_sets, probe, lambda r: _reconstructions(probe) > done)
     assert probe.wait_for(
