@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from threer_ros.geometry.cameras import backproject, pixel_rays, pixel_to_grid_matrix, project
 from threer_ros.geometry.fusion import voxel_downsample
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
@@ -73,8 +74,20 @@ def _convergence_point(centres: np.ndarray, axes: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(A, b, rcond=None)[0]
 
 
-def _window_mean(x: torch.Tensor, window: int) -> torch.Tensor:
-    return F.avg_pool2d(x, window, stride=1, padding=window // 2, count_include_pad=False)
+def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sum over the ``window x window`` neighbourhood of every pixel of ``(..., H, W)``, with
+    zeros beyond the border (separable shifted adds: cheaper than pooling on CPU)."""
+    r = window // 2
+    H, W = x.shape[-2:]
+    padded = F.pad(x, (r, r))
+    rows = padded[..., 0:W].clone()
+    for shift in range(1, window):
+        rows += padded[..., shift:shift + W]
+    padded = F.pad(rows, (0, 0, r, r))
+    out = padded[..., 0:H, :].clone()
+    for shift in range(1, window):
+        out += padded[..., shift:shift + H, :]
+    return out
 
 
 class PlaneSweepReconstructor:
@@ -122,7 +135,7 @@ class PlaneSweepReconstructor:
         centres, axes = poses[:, :3, 3], poses[:, :3, 2]
         target = _convergence_point(centres, axes)
         distances = ((target - centres) * axes).sum(axis=1)
-        grey = images.mean(1, keepdim=True)                                     # (N, 1, H, W)
+        grey = images.mean(1)                                                 # (N, H, W)
         depths, scores = [], []
         for r in range(len(images)):
             order = np.argsort(np.linalg.norm(centres - centres[r], axis=1))[1:1 + s.neighbours]
@@ -135,8 +148,9 @@ class PlaneSweepReconstructor:
         timings["depth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        texture = (_window_mean(grey ** 2, s.window) - _window_mean(grey, s.window) ** 2)
-        texture = texture.clamp(min=0).sqrt()[:, 0] * 255
+        count = _box_sum(torch.ones_like(grey[0]), s.window)
+        variance = (count * _box_sum(grey ** 2, s.window) - _box_sum(grey, s.window) ** 2)
+        texture = variance.clamp(min=0).sqrt() / count * 255                  # std, grey levels
         valid = (score >= s.min_zncc) & (texture >= s.min_texture) & torch.isfinite(depth)
         depth = torch.where(valid, depth, torch.zeros_like(depth))
         keep = valid & (self._consistent_views(depth, K, T) >= s.min_consistent)
@@ -145,14 +159,10 @@ class PlaneSweepReconstructor:
         t0 = time.perf_counter()
         points, colors, confidence = [], [], []
         for i in range(len(images)):
-            v, u = torch.nonzero(keep[i], as_tuple=True)
-            z = depth[i, v, u].double()
-            pix = torch.stack([u.double(), v.double(), torch.ones_like(z)], 1)
-            cam = (pix @ torch.linalg.inv(K[i]).T.to(pix.device)) * z[:, None]
-            rig = cam @ T[i, :3, :3].T.to(cam.device) + T[i, :3, 3].to(cam.device)
-            points.append(rig.float().cpu().numpy())
-            colors.append((images[i, :, v, u].T * 255).round().byte().cpu().numpy())
-            confidence.append(score[i, v, u].float().cpu().numpy())
+            points.append(backproject(depth[i].double(), K[i].to(dev), T[i].to(dev), keep[i])
+                          .float().cpu().numpy())
+            colors.append(frames.frames[i].image[keep[i].cpu().numpy()])
+            confidence.append(score[i][keep[i]].float().cpu().numpy())
         fused = voxel_downsample(np.concatenate(points), np.concatenate(colors),
                                  np.concatenate(confidence), s.voxel_size)
         timings["fusion"] = time.perf_counter() - t0
@@ -164,80 +174,80 @@ class PlaneSweepReconstructor:
 
     def _sweep(self, ref: int, sources: list[int], grey: torch.Tensor, K: torch.Tensor,
                T: torch.Tensor, near: float, far: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best depth and its ZNCC score per pixel of camera ``ref`` (H, W each), from the
-        grey images (N, 1, H, W) in [0, 1]."""
+        """Best depth (metres, NaN where undecided) and its ZNCC score per pixel of camera
+        ``ref`` (H, W each), from the grey images (N, H, W) in [0, 1] and the float64
+        intrinsics K (N, 3, 3) and camera-to-rig poses T (N, 4, 4)."""
         s = self.settings
         dev = grey.device
-        _, _, H, W = grey.shape
+        _, H, W = grey.shape
         inv_depths = torch.linspace(1.0 / far, 1.0 / near, s.planes, dtype=torch.float64)
-        v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=dev),
-                              torch.arange(W, dtype=torch.float32, device=dev), indexing="ij")
-        pix = torch.stack([u.ravel(), v.ravel(), torch.ones_like(u.ravel())], 1)
-        rays = pix @ torch.linalg.inv(K[ref]).T.float().to(dev)               # z = 1
-        inv_planes = inv_depths.float().to(dev)
-        ref_img = grey[ref:ref + 1]
-        mu_r = _window_mean(ref_img, s.window)
-        var_r = (_window_mean(ref_img ** 2, s.window) - mu_r ** 2).clamp(min=0)
-        per_source = []
-        for src in sources:
-            rel = (torch.linalg.inv(T[src]) @ T[ref]).float().to(dev)         # ref -> src
-            Ks = K[src].float().to(dev)
-            dirs = rays @ (Ks @ rel[:3, :3]).T                                # (HW, 3)
-            proj = dirs[None] / inv_planes[:, None, None] + Ks @ rel[:3, 3]   # (D, HW, 3)
-            z = proj[..., 2]
-            uv = proj[..., :2] / z.clamp(min=1e-9)[..., None]
-            grid = torch.stack([uv[..., 0] / (W - 1) * 2 - 1, uv[..., 1] / (H - 1) * 2 - 1], -1)
-            grid = torch.where((z > 0)[..., None], grid, torch.full_like(grid, 2.0))
-            grid = grid.reshape(s.planes, H, W, 2)
-            warped = F.grid_sample(grey[src:src + 1].expand(s.planes, -1, -1, -1), grid,
-                                   mode="bilinear", padding_mode="zeros", align_corners=True)
-            mu_w = _window_mean(warped, s.window)
-            var_w = (_window_mean(warped ** 2, s.window) - mu_w ** 2).clamp(min=0)
-            cov = _window_mean(warped * ref_img, s.window) - mu_w * mu_r
-            zncc = (cov / (var_w * var_r + 1e-8).sqrt()).mean(1)               # (D, H, W)
-            inside = ((grid.abs() <= 1).all(-1))
-            per_source.append(torch.where(inside, zncc, torch.full_like(zncc, -1.0)))
-        stacked = torch.stack(per_source)                                       # (S, D, H, W)
+        inv_planes = inv_depths.float().to(dev)[:, None]                     # (D, 1)
+        rays = pixel_rays(K[ref], H, W)                                       # (HW, 3), z = 1
+        to_grid = pixel_to_grid_matrix(H, W, K)
+        ref_img = grey[ref]
+        count = _box_sum(torch.ones_like(ref_img), s.window)
+        sum_r = _box_sum(ref_img, s.window)
+        var_r = (count * _box_sum(ref_img ** 2, s.window) - sum_r ** 2).clamp(min=0)
+        eps = 1e-8 * count ** 4           # 1e-8 on the product of the two window variances
         k = min(s.best_neighbours, len(sources))
-        cost = stacked.topk(k, dim=0).values.mean(0)                            # (D, H, W)
-        best = cost.argmax(0)                                                   # (H, W)
-        score = cost.gather(0, best[None])[0]
-        lo = cost.gather(0, (best - 1).clamp(min=0)[None])[0]
-        hi = cost.gather(0, (best + 1).clamp(max=s.planes - 1)[None])[0]
+        best = [torch.full((s.planes, H, W), -1.0, device=dev) for _ in range(k)]
+        for src in sources:
+            # a ref pixel at depth 1/q lies at X = R ray / q + t in the source camera; scaled
+            # by q its homogeneous grid coordinates are G (R ray + q t), G = to_grid @ K_src
+            rel = torch.linalg.inv(T[src]) @ T[ref]                            # ref -> src
+            G = to_grid @ K[src]
+            a = (rays @ (G @ rel[:3, :3]).T).float().to(dev)                  # (HW, 3)
+            b = (G @ rel[:3, 3]).float().to(dev)
+            hz = a[:, 2] + b[2] * inv_planes                                  # (D, HW)
+            ahead = hz > 0
+            hz = torch.where(ahead, hz, torch.ones_like(hz))
+            gx = (a[:, 0] + b[0] * inv_planes) / hz
+            gy = (a[:, 1] + b[1] * inv_planes) / hz
+            inside = (ahead & (gx.abs() <= 1) & (gy.abs() <= 1)).reshape(s.planes, H, W)
+            grid = torch.stack([gx, gy], -1).reshape(s.planes, H, W, 2)
+            warped = F.grid_sample(grey[src].expand(s.planes, 1, H, W), grid, mode="bilinear",
+                                   padding_mode="zeros", align_corners=True)[:, 0]
+            sums = _box_sum(torch.stack([warped, warped * warped, warped * ref_img], 1),
+                            s.window)                                         # (D, 3, H, W)
+            sum_w, sum_ww, sum_wr = sums.unbind(1)
+            var_w = (count * sum_ww - sum_w ** 2).clamp(min=0)
+            zncc = (count * sum_wr - sum_w * sum_r) / (var_w * var_r + eps).sqrt()
+            zncc = torch.where(inside, zncc, -1.0)
+            for i in range(k):                     # insert into the k best, kept sorted
+                higher = torch.maximum(best[i], zncc)
+                zncc = torch.minimum(best[i], zncc)
+                best[i] = higher
+        cost = torch.stack(best).mean(0)                                        # (D, H, W)
+        best_plane = cost.argmax(0)                                             # (H, W)
+        score = cost.gather(0, best_plane[None])[0]
+        lo = cost.gather(0, (best_plane - 1).clamp(min=0)[None])[0]
+        hi = cost.gather(0, (best_plane + 1).clamp(max=s.planes - 1)[None])[0]
         curvature = lo - 2 * score + hi
         offset = torch.where(curvature < 0, 0.5 * (lo - hi) / curvature.clamp(max=-1e-9),
                              torch.zeros_like(score)).clamp(-0.5, 0.5)
-        interior = (best > 0) & (best < s.planes - 1)
+        interior = (best_plane > 0) & (best_plane < s.planes - 1)
         step = float(inv_depths[1] - inv_depths[0])
-        inv = inv_planes[best] + offset * step
+        inv = inv_planes[best_plane, 0] + offset * step
         depth = torch.where(interior, 1.0 / inv, torch.full_like(inv, float("nan")))
         return depth, torch.where(interior, score, torch.full_like(score, -1.0))
 
     def _consistent_views(self, depth: torch.Tensor, K: torch.Tensor, T: torch.Tensor
                           ) -> torch.Tensor:
-        """For each pixel, how many other cameras' depth maps agree with its depth."""
+        """For each pixel, how many other cameras' depth maps agree with its depth (metres,
+        0 = none) within the relative ``consistency`` threshold."""
         s = self.settings
         n, H, W = depth.shape
         dev = depth.device
-        v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32, device=dev),
-                              torch.arange(W, dtype=torch.float32, device=dev), indexing="ij")
-        pix = torch.stack([u.ravel(), v.ravel(), torch.ones(H * W, device=dev)], 1)
         K32, T32 = K.float().to(dev), T.float().to(dev)
-        world_to_cam = torch.linalg.inv(T.double()).float().to(dev)
+        to_grid = pixel_to_grid_matrix(H, W, K32)
         counts = torch.zeros(n, H, W, dtype=torch.int32, device=dev)
         for i in range(n):
-            cam = (pix @ torch.linalg.inv(K32[i]).T) * depth[i].reshape(-1, 1)
-            rig = cam @ T32[i, :3, :3].T + T32[i, :3, 3]
+            points = backproject(depth[i], K32[i], T32[i])                    # (HW, 3)
             others = [j for j in range(n) if j != i]
-            pj = torch.einsum("jab,pb->jpa", world_to_cam[others, :3, :3], rig) + \
-                world_to_cam[others, None, :3, 3]                              # (n-1, HW, 3)
-            zj = pj[..., 2]
-            uv = torch.einsum("jab,jpb->jpa", K32[others], pj)[..., :2] / \
-                zj.clamp(min=1e-9)[..., None]
-            grid = torch.stack([uv[..., 0] / (W - 1) * 2 - 1, uv[..., 1] / (H - 1) * 2 - 1], -1)
+            grid, z = project(points, to_grid @ K32[others], T32[others])     # (n-1, HW, ...)
             sampled = F.grid_sample(depth[others][:, None], grid.reshape(n - 1, H, W, 2),
                                     mode="nearest", align_corners=True)[:, 0]
-            zj = zj.reshape(n - 1, H, W)
-            agree = (sampled > 0) & ((sampled - zj).abs() <= s.consistency * zj)
+            z = z.reshape(n - 1, H, W)
+            agree = (sampled > 0) & ((sampled - z).abs() <= s.consistency * z)
             counts[i] = agree.sum(0, dtype=torch.int32)
         return torch.where(depth > 0, counts, torch.zeros_like(counts))
