@@ -94,7 +94,7 @@ def _texture(points: torch.Tensor, seed: int) -> torch.Tensor:
     return colour.clamp(0.15, 0.95)
 
 
-def _intersect(origins: torch.Tensor, dirs: torch.Tensor
+def intersect_head(origins: torch.Tensor, dirs: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest hit of rays with the head ellipsoids: (distance along ray or inf, normal)."""
     best = torch.full(dirs.shape[:1], float("inf"), dtype=dirs.dtype)
@@ -126,7 +126,7 @@ def render_view(K: np.ndarray, width: int, height: int, cam_to_rig: np.ndarray, 
     R = torch.from_numpy(cam_to_rig[:3, :3])
     centre = torch.from_numpy(cam_to_rig[:3, 3])
     dirs = rays_cam @ R.T
-    t, normal = _intersect(centre.expand_as(dirs), dirs)
+    t, normal = intersect_head(centre.expand_as(dirs), dirs)
     hit = torch.isfinite(t)
     points = centre + t[:, None] * dirs
     albedo = _texture(points[hit], seed)

@@ -155,6 +155,39 @@ class AsymmetricStereo(CroCoStereo):
         res2["pts3d_in_other_view"] = res2.pop("pts3d")
         return res1, res2
 
+    def forward_pairs(self, view: Mapping[str, torch.Tensor], first: torch.Tensor,
+                      second: torch.Tensor, pair_batch: int = 0
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Encode each image of ``view`` (a batch of N images) once, then decode the pairs
+        ``(first[k], second[k])`` in chunks of ``pair_batch`` (0 = all at once): the same
+        outputs as ``forward`` on the gathered pairs."""
+        shape = true_shape_of(view, not self.landscape_only)
+        f, p = self.encode(view["img"], shape)
+
+        def decode(a: torch.Tensor, b: torch.Tensor):
+            dec1, dec2 = self.decode(f[a], p[a], f[b], p[b])
+            res1 = self.run_head(self.downstream_head1, dec1, shape[a.cpu()])
+            res2 = self.run_head(self.downstream_head2, dec2, shape[b.cpu()])
+            res2["pts3d_in_other_view"] = res2.pop("pts3d")
+            return res1, res2
+
+        return decode_in_chunks(decode, first, second, pair_batch)
+
+
+def decode_in_chunks(decode: Callable, first: torch.Tensor, second: torch.Tensor,
+                     pair_batch: int, *extra: torch.Tensor | None
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Run ``decode(first[c], second[c], *extra[c]) -> (res1, res2)`` on chunks ``c`` of at
+    most ``pair_batch`` pairs (0 = one chunk) and concatenate the results."""
+    size = pair_batch if pair_batch > 0 else max(len(first), 1)
+    parts = [decode(first[k:k + size], second[k:k + size],
+                    *(None if x is None else x[k:k + size] for x in extra))
+             for k in range(0, len(first), size)]
+    if len(parts) == 1:
+        return parts[0]
+    return tuple({key: torch.cat([part[side][key] for part in parts])
+                  for key in parts[0][side]} for side in (0, 1))
+
 
 def build(spec: ModelSpec) -> AsymmetricStereo:
     """DUSt3R from a checkpoint spec (``AsymmetricCroCo3DStereo(...)``)."""

@@ -31,7 +31,7 @@ from torch import nn
 
 from threer_ros.models.blocks import (Attention, CrossAttention, LayerNorm6, Mlp, PatchEmbed,
                                       RoPE2D, make_rope, merge_heads, split_heads)
-from threer_ros.models.dust3r import BACKBONE_DEFAULTS, merged_arguments
+from threer_ros.models.dust3r import BACKBONE_DEFAULTS, decode_in_chunks, merged_arguments
 from threer_ros.models.heads import regress_confidence, tokens_to_map
 from threer_ros.models.orientation import (head_per_group, orientation_groups, per_group,
                                            true_shape_of)
@@ -290,11 +290,32 @@ class Pow3R(nn.Module):
         f1, p1 = self.encode(view1)
         f2, p2 = self.encode(view2)
         dec1, dec2 = self.decode(f1, p1, f2, p2, view1.get("known_pose"), view2.get("known_pose"))
+        return self._heads(dec1, dec2, true_shape_of(view1, not self.landscape_only),
+                           true_shape_of(view2, not self.landscape_only))
+
+    def forward_pairs(self, view: Mapping[str, torch.Tensor], first: torch.Tensor,
+                      second: torch.Tensor, known_pose: torch.Tensor | None = None,
+                      pair_batch: int = 0
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Encode each image of ``view`` (N images with their ray/depth priors) once, then
+        decode the pairs ``(first[k], second[k])`` in chunks of ``pair_batch`` (0 = all), each
+        with its relative pose prior ``known_pose[k]`` (given to both views, as upstream): the
+        outputs of ``forward`` on the gathered pairs."""
+        shape = true_shape_of(view, not self.landscape_only)
+        f, p = self.encode(view)
+
+        def decode(a: torch.Tensor, b: torch.Tensor, pose: torch.Tensor | None):
+            dec1, dec2 = self.decode(f[a], p[a], f[b], p[b], pose, pose)
+            return self._heads(dec1, dec2, shape[a.cpu()], shape[b.cpu()])
+
+        return decode_in_chunks(decode, first, second, pair_batch, known_pose)
+
+    def _heads(self, dec1: list[torch.Tensor], dec2: list[torch.Tensor], shape1: torch.Tensor,
+               shape2: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         res1, res2 = (
             head_per_group(head, tokens, shape, orientation_groups(shape, self.landscape_only))
-            for head, tokens, shape in (
-                (self.downstream_head1, dec1, true_shape_of(view1, not self.landscape_only)),
-                (self.downstream_head2, dec2, true_shape_of(view2, not self.landscape_only))))
+            for head, tokens, shape in ((self.downstream_head1, dec1, shape1),
+                                        (self.downstream_head2, dec2, shape2)))
         res2["pts3d_in_other_view"] = res2.pop("pts3d")
         return res1, res2
 

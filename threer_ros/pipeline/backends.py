@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
+from threer_ros.geometry.fusion import FusionSettings
 from threer_ros.pipeline.types import Reconstructor
 
 #: Backends and what they need, as shown in error messages and ``--help``.
 BACKENDS = {
     "mvs": "weight-free calibrated plane-sweep stereo (needs intrinsics and extrinsics)",
+    "fast3r": "Fast3R network, all views in one forward (weights: threer-ros weights download "
+              "fast3r)",
+    "mast3r": "MASt3R network on image pairs + global alignment (weights: threer-ros weights "
+              "download mast3r)",
+    "pow3r": "Pow3R network on image pairs with calibration priors + global alignment (weights: "
+             "threer-ros weights download pow3r)",
+}
+
+#: Backend name -> "module:class" of its reconstructor (imported when chosen).
+_IMPLEMENTATIONS = {
+    "mvs": "threer_ros.pipeline.mvs:PlaneSweepReconstructor",
+    "fast3r": "threer_ros.pipeline.fast3r:Fast3RReconstructor",
+    "mast3r": "threer_ros.pipeline.pairwise:MASt3RReconstructor",
+    "pow3r": "threer_ros.pipeline.pairwise:Pow3RReconstructor",
 }
 
 
@@ -22,6 +38,19 @@ class BackendOptions:
         working_width: Images are resized to this width (pixels) before reconstruction.
         voxel_size: Voxel size (metres) of the fused cloud's down-sampling; 0 disables it.
         confidence_threshold: Points below this confidence are dropped.
+        network_size: Long side (pixels) of the network images (512 for released weights).
+        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
+        use_calibration: Use known intrinsics/extrinsics in the network backends.
+        alignment: ``auto`` | ``fast`` (calibrated poses fixed) | ``full`` (estimate all).
+        pair_graph: Pairs of the pairwise backends: ``complete``, ``knn`` (each camera with its
+            ``graph_neighbours`` nearest by rig position, or by index without extrinsics) or
+            ``reference`` (every camera with the first).
+        graph_neighbours: k of the ``knn`` graph.
+        pair_batch: Pairs per network batch.
+        alignment_iterations: Optimisation steps of the full global alignment.
+        alignment_lr: Adam learning rate of the full global alignment.
+        outlier_neighbours: Neighbours of the statistical outlier removal (0 = off).
+        outlier_std_ratio: Its threshold, in standard deviations.
     """
 
     device: str = "auto"
@@ -29,6 +58,31 @@ class BackendOptions:
     working_width: int = 320
     voxel_size: float = 0.002
     confidence_threshold: float = 0.0
+    network_size: int = 512
+    precision: str = "auto"
+    use_calibration: bool = True
+    alignment: str = "auto"
+    pair_graph: str = "knn"
+    graph_neighbours: int = 4
+    pair_batch: int = 16
+    alignment_iterations: int = 300
+    alignment_lr: float = 0.01
+    outlier_neighbours: int = 16
+    outlier_std_ratio: float = 2.0
+
+    def fusion_settings(self) -> FusionSettings:
+        """The fused cloud's filtering settings."""
+        return FusionSettings(self.confidence_threshold, self.voxel_size,
+                              self.outlier_neighbours, self.outlier_std_ratio)
+
+    def network_settings(self):
+        """Settings of the network backends (:class:`~threer_ros.pipeline.network.
+        NetworkSettings`)."""
+        from threer_ros.pipeline.network import NetworkSettings
+
+        return NetworkSettings(resolve_device(self.device), self.checkpoint, self.network_size,
+                               self.precision, self.use_calibration, self.alignment,
+                               self.fusion_settings())
 
 
 def resolve_device(device: str) -> str:
@@ -46,9 +100,15 @@ def resolve_device(device: str) -> str:
 
 
 def make_reconstructor(name: str, options: BackendOptions) -> Reconstructor:
-    """Build the backend ``name`` (see :data:`BACKENDS`)."""
-    if name == "mvs":
-        from threer_ros.pipeline.mvs import PlaneSweepReconstructor
-        return PlaneSweepReconstructor.from_options(options)
-    raise ValueError(f"unknown backend {name!r}; available: "
-                     + "; ".join(f"{k} ({v})" for k, v in BACKENDS.items()))
+    """Build the backend ``name`` (see :data:`BACKENDS`).
+
+    Raises:
+        ValueError: unknown backend or unusable options.
+        WeightsError, CheckpointError: the backend's network weights are missing or unreadable
+            (the message says how to get them).
+    """
+    if name not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown backend {name!r}; available: "
+                         + "; ".join(f"{k} ({v})" for k, v in BACKENDS.items()))
+    module, cls = _IMPLEMENTATIONS[name].split(":")
+    return getattr(importlib.import_module(module), cls).from_options(options)

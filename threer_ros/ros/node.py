@@ -19,10 +19,11 @@ node does not publish them again.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -35,12 +36,13 @@ from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 from tf2_msgs.msg import TFMessage
 
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
 from threer_ros.pipeline.backends import BackendOptions, make_reconstructor, resolve_device
+from threer_ros.pipeline.compare import Comparison, CompareReconstructor
 from threer_ros.pipeline.frames import FramePreparer
 from threer_ros.pipeline.types import CameraCalibration, Frame, FrameSet, Reconstruction
 from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration, cloud_to_msg,
@@ -64,25 +66,25 @@ class NodeSettings:
     min_cameras: int
     max_rate: float
     backend: str
-    checkpoint: str
-    device: str
-    working_width: int
+    compare_backends: str
     output_frame: str
-    confidence_threshold: float
-    voxel_size: float
     max_points: int
     cloud_topic: str
     poses_topic: str
+    options: BackendOptions = BackendOptions()
 
     @classmethod
     def declare(cls, node: Node) -> "NodeSettings":
-        """Declare every parameter on ``node`` (defaults from the config file) and read them."""
+        """Declare every parameter on ``node`` (defaults from the config file) and read them;
+        the backend options are the parameters named after :class:`BackendOptions` fields."""
         defaults = read_parameters()
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            default = defaults[f.name]
-            values[f.name] = node.declare_parameter(f.name, default).value
+        names = [f.name for f in fields(cls) if f.name != "options"]
+        for name in names + [f.name for f in fields(BackendOptions)]:
+            values[name] = node.declare_parameter(name, defaults[name]).value
         values["cameras"] = tuple(values["cameras"])
+        values["options"] = BackendOptions(**{f.name: values.pop(f.name)
+                                              for f in fields(BackendOptions)})
         settings = cls(**values)
         settings.validate()
         return settings
@@ -100,6 +102,12 @@ class NodeSettings:
         if self.sync_tolerance <= 0 or self.sync_max_delay < 0:
             raise ValueError("parameters 'sync_tolerance' (> 0) and 'sync_max_delay' (>= 0) are "
                              "in seconds")
+
+    @property
+    def backends(self) -> list[str]:
+        """The primary backend, then the compared ones (``compare_backends``)."""
+        extra = [b.strip() for b in self.compare_backends.split(",") if b.strip()]
+        return [self.backend] + [b for b in extra if b != self.backend]
 
     def topic(self, template: str, camera: str) -> str:
         return template.replace("{camera}", camera)
@@ -157,7 +165,7 @@ class CaptureNode(Node):
             self._rig = load_rig_calibration(s.rig_calibration)
         self._camera_info: dict[str, CameraCalibration] = {}
         self._stats = {c: CameraStats() for c in s.cameras}
-        self._preparer = FramePreparer(s.working_width)
+        self._preparer = FramePreparer(s.options.working_width)
         self._sync = FrameSynchronizer(s.cameras, tolerance_ns=int(s.sync_tolerance * 1e9),
                                        min_cameras=s.min_cameras,
                                        max_delay_ns=int(s.sync_max_delay * 1e9))
@@ -170,13 +178,14 @@ class CaptureNode(Node):
         self._warned: set[tuple[str, str]] = set()
         self._backend_error = ""
         self._reconstructor = None
+        self._comparison: Comparison | None = None
         try:
-            options = BackendOptions(device=resolve_device(s.device), checkpoint=s.checkpoint,
-                                     working_width=s.working_width, voxel_size=s.voxel_size,
-                                     confidence_threshold=s.confidence_threshold)
-            self._reconstructor = make_reconstructor(s.backend, options)
+            options = replace(s.options, device=resolve_device(s.options.device))
+            built = {name: make_reconstructor(name, options) for name in s.backends}
+            self._reconstructor = built[s.backend] if len(built) == 1 \
+                else CompareReconstructor(built)
         except (ValueError, OSError, RuntimeError) as exc:
-            self._backend_error = f"backend {s.backend!r} unavailable: {exc}"
+            self._backend_error = f"backend {', '.join(s.backends)} unavailable: {exc}"
             self.get_logger().error(self._backend_error)
 
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
@@ -188,6 +197,11 @@ class CaptureNode(Node):
         self._tf_static_pub = self.create_publisher(TFMessage, "/tf_static", latched)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics",
                                                QoSProfile(depth=10))
+        self._compare_pubs = {
+            name: self.create_publisher(PointCloud2, f"{s.cloud_topic}/{name}", reliable)
+            for name in s.backends[1:]}
+        self._comparison_pub = self.create_publisher(String, "comparison", reliable) \
+            if self._compare_pubs else None
         for camera in s.cameras:
             self._subscribe(camera)
         if self._poses_from_tf:
@@ -287,8 +301,12 @@ class CaptureNode(Node):
         return tuple(f for f, size in zip(frames, sizes) if size == majority)
 
     # --- worker thread --------------------------------------------------------------------
-    def _reconstruct(self, item: tuple[FrameSet, float]) -> Reconstruction:
-        return self._reconstructor.reconstruct(item[0])
+    def _reconstruct(self, item: tuple[FrameSet, float]
+                     ) -> tuple[Reconstruction, Comparison | None]:
+        if isinstance(self._reconstructor, CompareReconstructor):
+            comparison = self._reconstructor.compare_set(item[0])
+            return comparison.reconstructions[self._reconstructor.primary], comparison
+        return self._reconstructor.reconstruct(item[0]), None
 
     def _report_failure(self, item: tuple[FrameSet, float], exc: BaseException) -> None:
         if not self.context.ok():  # shutting down: nothing to report to
@@ -296,21 +314,31 @@ class CaptureNode(Node):
         self.get_logger().error(f"reconstruction of the set at {item[0].stamp_ns} ns failed: "
                                 f"{type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
-    def _publish(self, item: tuple[FrameSet, float], recon: Reconstruction) -> None:
-        if not self.context.ok():  # the job finished after Ctrl-C: nobody to publish to
-            return
+    def _cloud_msg(self, header: Header, recon: Reconstruction) -> tuple[PointCloud2, int]:
+        """The cloud message of ``recon`` (confidence-filtered, within ``max_points``)."""
         s = self.settings
-        started = time.perf_counter()
         points, colors, conf = recon.points, recon.colors, recon.confidence
-        keep = np.isfinite(points).all(axis=1) & (conf >= s.confidence_threshold)
+        keep = np.isfinite(points).all(axis=1) & (conf >= s.options.confidence_threshold)
         points, colors, conf = points[keep], colors[keep], conf[keep]
         if len(points) > s.max_points:
             idx = np.random.default_rng(recon.stamp_ns).choice(len(points), s.max_points,
                                                                replace=False)
             idx.sort()
             points, colors, conf = points[idx], colors[idx], conf[idx]
+        return cloud_to_msg(header, points, colors, conf), len(points)
+
+    def _publish(self, item: tuple[FrameSet, float],
+                 result: tuple[Reconstruction, Comparison | None]) -> None:
+        if not self.context.ok():  # the job finished after Ctrl-C: nobody to publish to
+            return
+        s = self.settings
+        recon, comparison = result
+        started = time.perf_counter()
         header = Header(stamp=_stamp_msg(recon.stamp_ns), frame_id=s.output_frame)
-        self._cloud_pub.publish(cloud_to_msg(header, points, colors, conf))
+        cloud, published = self._cloud_msg(header, recon)
+        self._cloud_pub.publish(cloud)
+        if comparison is not None:
+            self._publish_comparison(header, comparison)
         self._poses_pub.publish(pose_array_msg(header, recon.cam_to_rig))
         transforms = transform_msgs(s.output_frame, [f"{c}_optical_frame" for c in recon.cameras],
                                     recon.cam_to_rig, header.stamp)
@@ -323,11 +351,24 @@ class CaptureNode(Node):
         with self._lock:
             self._last_transforms = [] if recon.poses_from_calibration else transforms
             self._last_recon = recon
-            self._published_points = len(points)
+            self._published_points = published
             self._last_latency_s = time.monotonic() - item[1]
+            self._comparison = comparison
         self.get_logger().info(
-            f"published {len(points)} points from {len(recon.cameras)} cameras; "
+            f"published {published} points from {len(recon.cameras)} cameras; "
             + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in recon.timings_s.items()))
+
+    def _publish_comparison(self, header: Header, comparison: Comparison) -> None:
+        """Each compared backend's cloud on ``<cloud_topic>/<backend>`` and the summary (JSON)
+        on ``comparison``."""
+        for name, publisher in self._compare_pubs.items():
+            if name in comparison.reconstructions:
+                publisher.publish(self._cloud_msg(header, comparison.reconstructions[name])[0])
+        summary = {"stamp_ns": comparison.reconstructions[self._reconstructor.primary].stamp_ns,
+                   "primary": self._reconstructor.primary, "backends": comparison.summary,
+                   "errors": comparison.errors}
+        self._comparison_pub.publish(String(data=json.dumps(summary, allow_nan=False,
+                                                            default=str)))
 
     def _latch_static(self, transforms: list) -> None:
         """Keep every calibrated camera frame on ``/tf_static``: one latched message holding all

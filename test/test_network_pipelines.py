@@ -1,0 +1,163 @@
+"""Fast3R and pairwise pipelines against ground-truth "networks" built from the synthetic rig.
+
+The oracles answer with the rig's exact geometry (optionally 1 % depth noise and 5 % outliers)
+in their own unit, with a different unit per pair, so every pipeline must recover scale, poses
+and the cloud. Errors are measured after bringing estimates into the rig frame: rotation in
+degrees, camera centres and cloud accuracy in metres (the head is ~0.2 m across, 1 m away).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from threer_ros.data.synthetic import SyntheticRig
+from threer_ros.geometry.fusion import FusionSettings, accuracy_completeness
+from threer_ros.geometry.global_alignment import AlignmentSettings
+from threer_ros.geometry.registration import align_to_reference
+from threer_ros.pipeline.fast3r import Fast3RReconstructor
+from threer_ros.pipeline.network import NetworkSettings, prepare_network_images
+from threer_ros.pipeline.oracle import (HEAD_CONFIDENCE, OracleFast3R, OraclePairNetwork,
+                                        Perturbation)
+from threer_ros.pipeline.pairwise import (MASt3RReconstructor, PairSettings, Pow3RReconstructor,
+                                          pair_graph)
+from threer_ros.pipeline.types import FrameSet
+
+SIZE = 96                     # network image long side (the oracles work at any size)
+HEAD_ONLY = FusionSettings(confidence_threshold=HEAD_CONFIDENCE - 1, voxel_size=0.002)
+NOISY = Perturbation(noise=0.01, outliers=0.05, seed=3)
+
+
+@pytest.fixture(scope="module")
+def rig() -> SyntheticRig:
+    return SyntheticRig.render(seed=4, width=SIZE, count=8)
+
+
+@pytest.fixture(scope="module")
+def truth(rig) -> np.ndarray:
+    return rig.surface_points()
+
+
+def _uncalibrated(frames: FrameSet) -> FrameSet:
+    """The same images with intrinsics only (extrinsics unknown)."""
+    from dataclasses import replace
+    return FrameSet(tuple(replace(f, calibration=replace(f.calibration, cam_to_rig=None))
+                          for f in frames.frames), frames.stamp_ns)
+
+
+def _check(recon, rig, truth, rotation_deg, centre_m, median_m, completeness):
+    """Bring the estimate into the rig frame if needed and compare with the ground truth."""
+    reference = np.stack([v.calibration.cam_to_rig for v in rig.views])
+    points = recon.points
+    if not recon.poses_from_calibration:
+        to_rig, disagreement = align_to_reference(recon.cam_to_rig, reference)
+        points = to_rig.apply(points)
+        errors = disagreement.summary()
+    else:
+        np.testing.assert_allclose(recon.cam_to_rig, reference)
+        errors = {k: v for k, v in recon.info.items() if k.startswith("pose_")}
+    if errors:   # fast paths keep the calibration and have no pose estimate to check
+        assert errors["pose_rotation_max_deg"] < rotation_deg, errors
+        assert errors["pose_centre_max_m"] < centre_m, errors
+    metrics = accuracy_completeness(points, truth, threshold=0.005)
+    assert metrics.median < median_m, metrics
+    assert metrics.completeness > completeness, metrics
+    assert np.isfinite(recon.points).all() and len(recon.points) > 1000
+
+
+@pytest.mark.parametrize("alignment", ["fast", "full"])
+@pytest.mark.parametrize("perturbation", [Perturbation(), NOISY], ids=["exact", "noisy"])
+def test_fast3r_recovers_poses_and_a_metric_cloud_in_the_rig_frame(rig, truth, alignment,
+                                                                   perturbation):
+    frames = rig.frame_set(7)
+    network = OracleFast3R(frames, SIZE, unit=0.37, perturbation=perturbation)
+    settings = NetworkSettings(image_size=SIZE, alignment=alignment, fusion=HEAD_ONLY)
+    recon = Fast3RReconstructor(network, settings).reconstruct(frames)
+    assert recon.poses_from_calibration and recon.cameras == frames.cameras
+    exact = perturbation == Perturbation()
+    _check(recon, rig, truth, rotation_deg=0.05 if exact else 0.5,
+           centre_m=0.001 if exact else 0.005, median_m=0.0015 if exact else 0.005,
+           completeness=0.95)
+    if alignment == "full":
+        assert abs(recon.info["rig_scale"] - 0.37) < (1e-4 if exact else 0.01)
+
+
+def test_fast3r_without_calibration_estimates_focal_and_poses(rig, truth):
+    frames = _uncalibrated(rig.frame_set(7))
+    calibrated = rig.frame_set(7)
+    network = OracleFast3R(calibrated, SIZE)
+    settings = NetworkSettings(image_size=SIZE, use_calibration=False, fusion=HEAD_ONLY)
+    recon = Fast3RReconstructor(network, settings).reconstruct(frames)
+    assert not recon.poses_from_calibration
+    true_K = prepare_network_images(calibrated, SIZE, "cpu").intrinsics
+    np.testing.assert_allclose(recon.intrinsics[:, 0, 0], true_K[:, 0, 0], rtol=5e-3)
+    # the principal point is assumed at the image centre: 0.2 % focal error, 0.1 deg
+    _check(recon, rig, truth, rotation_deg=0.25, centre_m=0.002, median_m=0.0025,
+           completeness=0.95)
+
+
+def _pairwise(cls, frames, oracle_frames, perturbation, **settings):
+    network = OraclePairNetwork(oracle_frames, SIZE, unit=0.41, perturbation=perturbation,
+                                descriptors=cls is MASt3RReconstructor)
+    pairs = PairSettings(graph="knn", neighbours=3, alignment=AlignmentSettings(iterations=100))
+    return cls(network, NetworkSettings(image_size=SIZE, fusion=HEAD_ONLY, **settings),
+               pairs).reconstruct(frames)
+
+
+@pytest.mark.parametrize("cls", [MASt3RReconstructor, Pow3RReconstructor])
+@pytest.mark.parametrize("perturbation", [Perturbation(), NOISY], ids=["exact", "noisy"])
+def test_pairwise_calibrated_fast_path_is_metric_and_in_the_rig_frame(rig, truth, cls,
+                                                                      perturbation):
+    frames = rig.frame_set(7)
+    recon = _pairwise(cls, frames, frames, perturbation, alignment="fast")
+    assert recon.poses_from_calibration and "alignment" in recon.timings_s
+    exact = perturbation == Perturbation()
+    _check(recon, rig, truth, rotation_deg=0, centre_m=0, median_m=0.0015 if exact else 0.005,
+           completeness=0.95)
+
+
+@pytest.mark.parametrize("cls", [MASt3RReconstructor, Pow3RReconstructor])
+@pytest.mark.parametrize("calibrated", [True, False], ids=["intrinsics+extrinsics", "none"])
+def test_pairwise_full_alignment_recovers_poses_and_cloud(rig, truth, cls, calibrated):
+    frames = rig.frame_set(7)
+    recon = _pairwise(cls, frames if calibrated else _uncalibrated(frames), frames, NOISY,
+                      alignment="full", use_calibration=calibrated)
+    assert recon.poses_from_calibration == calibrated
+    if calibrated:       # the live calibration check: residuals reported, scale recovered
+        assert {"pose_rotation_max_deg", "pose_centre_max_m", "rig_scale"} <= set(recon.info)
+    if cls is MASt3RReconstructor:
+        assert recon.info["matches"] > 500
+    _check(recon, rig, truth, rotation_deg=1.0, centre_m=0.01, median_m=0.006,
+           completeness=0.9)
+
+
+def test_pair_graphs_are_symmetric_and_knn_follows_the_rig():
+    complete = pair_graph("complete", 5)
+    assert len(complete) == 20 and all((j, i) in complete for i, j in complete)
+    assert pair_graph("reference", 4) == [(0, 1), (0, 2), (0, 3), (1, 0), (2, 0), (3, 0)]
+    centres = np.array([[0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0]], float)
+    knn = pair_graph("knn", 4, neighbours=1, centres=centres)
+    assert knn == [(0, 1), (1, 0), (2, 3), (3, 2)]
+    ring = pair_graph("knn", 6, neighbours=2)          # no extrinsics: neighbours by index
+    assert (0, 5) in ring and (0, 1) in ring and (0, 3) not in ring
+    with pytest.raises(ValueError, match="unknown pair graph 'star'"):
+        pair_graph("star", 4)
+
+
+def test_a_disconnected_graph_is_reported(rig):
+    frames = rig.frame_set(7)
+    centres = np.stack([v.calibration.cam_to_rig[:3, 3] for v in rig.views])
+    assert len(pair_graph("knn", 8, 1, centres)) < 2 * 7    # k = 1 leaves islands on this rig
+    network = OraclePairNetwork(frames, SIZE)
+    settings = NetworkSettings(image_size=SIZE, alignment="full")
+    with pytest.raises(ValueError, match="does not connect views"):
+        Pow3RReconstructor(network, settings, PairSettings(graph="knn", neighbours=1)
+                           ).reconstruct(frames)
+
+
+def test_fast_alignment_without_calibration_is_refused(rig):
+    frames = _uncalibrated(rig.frame_set(7))
+    network = OracleFast3R(rig.frame_set(7), SIZE)
+    with pytest.raises(ValueError, match="alignment 'fast' needs intrinsics and extrinsics"):
+        Fast3RReconstructor(network, NetworkSettings(image_size=SIZE, alignment="fast")
+                            ).reconstruct(frames)

@@ -1,0 +1,422 @@
+"""Global alignment of pairwise pointmaps into one frame (the DUSt3R / MASt3R recipe, our code).
+
+A pair network run on the directed pair ``e = (i, j)`` predicts both views' pointmaps in camera
+i's frame, in an unknown unit per pair. Alignment finds, for every view, a camera-to-world pose,
+a focal length and a depth map, and for every pair a Sim(3) ``S_e``, such that ``S_e`` maps the
+pair's pointmaps onto the views' back-projected depth maps.
+
+* :func:`spanning_tree_init` chains pairwise Sim(3) fits along the maximum-confidence spanning
+  tree of the pair graph, then reads every view's pose, depth and focal off its own-frame
+  pointmap. With a perfect network it is already exact.
+* :func:`refine_dense` minimises the confidence-weighted distance between every pair's
+  pointmaps (mapped by ``S_e``) and the views' back-projected depths over all pixels (Adam,
+  cosine learning-rate decay), as DUSt3R's global aligner does.
+* :func:`refine_sparse` uses only pixel correspondences (e.g. MASt3R descriptor matches): a
+  3D-distance stage, then a reprojection stage, over per-view pose, focal, depth scale and a
+  coarse depth-correction grid.
+* :func:`calibrated_points` is the calibrated fast path: poses and intrinsics fixed, one
+  closed-form scale per pair.
+
+Conventions: OpenCV optical frames, camera-to-world 4x4 poses, principal point at the image
+centre unless intrinsics are given; all tensors on one device, float32 optimisation with
+float64 fits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from threer_ros.geometry.registration import (estimate_focal, fit_similarity_batched,
+                                              pixel_grid, ray_consistent_scale)
+
+
+@dataclass(frozen=True)
+class PairPredictions:
+    """Network outputs for a batch of E directed pairs ``(first[e], second[e])``.
+
+    Attributes:
+        first, second: ``(E,)`` int64 view indices.
+        points1: ``(E, H, W, 3)`` view ``first`` in its own camera frame.
+        points2: ``(E, H, W, 3)`` view ``second`` in camera ``first``'s frame.
+        conf1, conf2: ``(E, H, W)`` confidences (>= 1 for the DUSt3R family).
+    """
+
+    first: torch.Tensor
+    second: torch.Tensor
+    points1: torch.Tensor
+    points2: torch.Tensor
+    conf1: torch.Tensor
+    conf2: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.points1.shape[1:3])
+
+
+@dataclass(frozen=True)
+class AlignmentSettings:
+    """Optimisation settings (defaults as the upstream demos: 300 steps at lr 0.01).
+
+    Attributes:
+        iterations: Adam steps of the dense refinement (and of each sparse stage).
+        lr: Initial learning rate (cosine decay to ``lr / 100``).
+        grid: Pixel spacing of the sparse refinement's depth-correction grid.
+    """
+
+    iterations: int = 300
+    lr: float = 0.01
+    grid: int = 16
+
+
+@dataclass
+class ViewEstimate:
+    """Every view's camera and depth (N views, H x W pixels).
+
+    Attributes:
+        cam_to_world: ``(N, 4, 4)`` float64 poses.
+        focal: ``(N,)`` focal lengths in pixels.
+        depth: ``(N, H, W)`` depth along the optical axis.
+        confidence: ``(N, H, W)`` best confidence each pixel received from any pair.
+        principal_point: ``(N, 2)`` pixels.
+    """
+
+    cam_to_world: torch.Tensor
+    focal: torch.Tensor
+    depth: torch.Tensor
+    confidence: torch.Tensor
+    principal_point: torch.Tensor
+
+    def intrinsics(self) -> torch.Tensor:
+        """``(N, 3, 3)`` float64 pinhole matrices."""
+        K = torch.zeros(len(self.focal), 3, 3, dtype=torch.float64, device=self.focal.device)
+        K[:, 0, 0] = K[:, 1, 1] = self.focal.double()
+        K[:, :2, 2] = self.principal_point.double()
+        K[:, 2, 2] = 1
+        return K
+
+    def points(self) -> torch.Tensor:
+        """``(N, H, W, 3)`` world points of every pixel."""
+        return world_points(self.depth, self.focal, self.principal_point, self.cam_to_world)
+
+
+def world_points(depth: torch.Tensor, focal: torch.Tensor, principal_point: torch.Tensor,
+                 cam_to_world: torch.Tensor) -> torch.Tensor:
+    """Back-project ``(N, H, W)`` depth maps to world points ``(N, H, W, 3)``."""
+    N, H, W = depth.shape
+    uv = pixel_grid(H, W, depth)[None] - principal_point.to(depth.dtype)[:, None, None]
+    cam = torch.cat([uv / focal.to(depth.dtype)[:, None, None, None],
+                     torch.ones_like(depth)[..., None]], -1) * depth[..., None]
+    R = cam_to_world[:, :3, :3].to(depth.dtype)
+    return torch.einsum("nij,nhwj->nhwi", R, cam) + cam_to_world[:, None, None, :3, 3]
+
+
+def _apply(scale: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor,
+           points: torch.Tensor) -> torch.Tensor:
+    """Apply a batch of Sim(3) ``(E,), (E, 3, 3), (E, 3)`` to ``(E, ..., 3)`` points."""
+    shape = points.shape
+    flat = points.reshape(shape[0], -1, 3).to(rotation.dtype)
+    out = scale[:, None, None] * torch.einsum("eij,epj->epi", rotation, flat) \
+        + translation[:, None]
+    return out.reshape(shape)
+
+
+def _max_per_view(view: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """``(n, H, W)`` maximum of the ``(E, H, W)`` ``values`` over the pairs of each view
+    (0 where a view has none)."""
+    out = values.new_zeros((n,) + values.shape[1:], dtype=torch.float32)
+    for v in range(n):
+        mine = values[view == v]
+        if len(mine):
+            out[v] = mine.amax(0)
+    return out
+
+
+def _spanning_tree(n: int, edges: list[tuple[int, int]], scores: list[float]
+                   ) -> list[tuple[int, int]]:
+    """Maximum spanning tree by Prim, as (placed view, new view) in visiting order, starting
+    from the best edge's first view. Raises ``ValueError`` when the graph is disconnected."""
+    best = max(range(len(edges)), key=scores.__getitem__)
+    placed = {edges[best][0]}
+    order = []
+    while len(placed) < n:
+        candidates = [(s, a, b) for (a, b), s in zip(edges, scores)
+                      if (a in placed) != (b in placed)]
+        if not candidates:
+            missing = sorted(set(range(n)) - placed)
+            raise ValueError(f"the pair graph does not connect views {missing} to the others")
+        _, a, b = max(candidates)
+        old, new = (a, b) if a in placed else (b, a)
+        placed.add(new)
+        order.append((old, new))
+    return order
+
+
+def spanning_tree_init(pred: PairPredictions, n: int,
+                       focal: torch.Tensor | None = None,
+                       principal_point: torch.Tensor | None = None) -> ViewEstimate:
+    """Initial cameras and depths from pairwise Sim(3) fits along the spanning tree.
+
+    Args:
+        pred: Predictions of a symmetric pair graph (every view is ``first`` of some pair).
+        n: Number of views.
+        focal: ``(N,)`` known focal lengths in pixels (else estimated from the pointmaps).
+        principal_point: ``(N, 2)`` known principal points (else the image centres).
+    """
+    H, W = pred.shape
+    dev = pred.points1.device
+    score = (pred.conf1.flatten(1).mean(1) * pred.conf2.flatten(1).mean(1)).tolist()
+    first, second = pred.first.tolist(), pred.second.tolist()
+    own_best = {}
+    for e, (i, s) in enumerate(zip(first, score)):
+        if i not in own_best or s > score[own_best[i]]:
+            own_best[i] = e
+    if len(own_best) < n:
+        raise ValueError(f"views {sorted(set(range(n)) - set(own_best))} are never the first "
+                         "view of a pair: use a symmetric pair graph")
+    by_pair = {(i, j): e for e, (i, j) in enumerate(zip(first, second))}
+    root = first[max(range(len(score)), key=score.__getitem__)]
+    placed = {root: pred.points1[own_best[root]].double()}
+    for old, new in _spanning_tree(n, list(zip(first, second)), score):
+        e = by_pair.get((old, new))
+        if e is not None:          # old is the pair's frame: align its own pointmap
+            src, weight, moved = pred.points1[e], pred.conf1[e], pred.points2[e]
+        else:
+            e = by_pair[(new, old)]
+            src, weight, moved = pred.points2[e], pred.conf2[e], pred.points1[e]
+        s, R, t = fit_similarity_batched(src.reshape(1, -1, 3), placed[old].reshape(1, -1, 3),
+                                         weight.reshape(1, -1))
+        placed[new] = _apply(s, R, t, moved[None])[0]
+    own = torch.stack([pred.points1[own_best[v]] for v in range(n)]).double()   # (N, H, W, 3)
+    own_conf = torch.stack([pred.conf1[own_best[v]] for v in range(n)])
+    target = torch.stack([placed[v] for v in range(n)])
+    s, R, t = fit_similarity_batched(own.reshape(n, -1, 3), target.reshape(n, -1, 3),
+                                     own_conf.reshape(n, -1))
+    poses = torch.eye(4, dtype=torch.float64, device=dev).repeat(n, 1, 1)
+    poses[:, :3, :3], poses[:, :3, 3] = R, t
+    if principal_point is None:
+        principal_point = torch.tensor([(W - 1) / 2, (H - 1) / 2], dtype=torch.float64,
+                                       device=dev).expand(n, 2)
+    if focal is None:
+        focal = estimate_focal(own, principal_point,
+                               mask=own_conf >= own_conf.flatten(1).median(1).values[:, None,
+                                                                                     None])
+    confidence = torch.maximum(_max_per_view(pred.first, pred.conf1, n),
+                               _max_per_view(pred.second, pred.conf2, n))
+    return ViewEstimate(poses, focal.double(), (s[:, None, None] * own[..., 2]).clamp(min=1e-9),
+                        confidence, principal_point.double())
+
+
+def quaternion_to_rotation(q: torch.Tensor) -> torch.Tensor:
+    """``(..., 4)`` quaternions (x, y, z, w; any norm) to ``(..., 3, 3)`` rotations."""
+    x, y, z, w = F.normalize(q, dim=-1).unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1
+    ).reshape(q.shape[:-1] + (3, 3))
+
+
+def rotation_to_quaternion(R: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, 3)`` rotations to ``(N, 4)`` unit quaternions (x, y, z, w)."""
+    m = R.double()
+    w = torch.sqrt((1 + m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]).clamp(min=0)) / 2
+    x = torch.sqrt((1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2]).clamp(min=0)) / 2
+    y = torch.sqrt((1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2]).clamp(min=0)) / 2
+    z = torch.sqrt((1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]).clamp(min=0)) / 2
+    x = torch.copysign(x, m[:, 2, 1] - m[:, 1, 2])
+    y = torch.copysign(y, m[:, 0, 2] - m[:, 2, 0])
+    z = torch.copysign(z, m[:, 1, 0] - m[:, 0, 1])
+    return torch.stack([x, y, z, w], -1)
+
+
+class _Cameras(torch.nn.Module):
+    """Optimisable poses (quaternion, translation), log focal and depth of N views."""
+
+    def __init__(self, init: ViewEstimate, optimise_focal: bool, log_depth: torch.Tensor
+                 ) -> None:
+        super().__init__()
+        self.quat = torch.nn.Parameter(rotation_to_quaternion(init.cam_to_world[:, :3, :3])
+                                       .float())
+        self.trans = torch.nn.Parameter(init.cam_to_world[:, :3, 3].float())
+        self.log_focal = torch.nn.Parameter(init.focal.float().log(),
+                                            requires_grad=optimise_focal)
+        self.log_depth = torch.nn.Parameter(log_depth)
+        self.principal_point = init.principal_point.float()
+
+    def poses(self) -> torch.Tensor:
+        R = quaternion_to_rotation(self.quat)
+        bottom = torch.zeros(len(R), 1, 4, device=R.device)
+        bottom[..., 3] = 1
+        return torch.cat([torch.cat([R, self.trans[:, :, None]], 2), bottom], 1)
+
+    def estimate(self, depth: torch.Tensor, confidence: torch.Tensor) -> ViewEstimate:
+        return ViewEstimate(self.poses().detach().double(), self.log_focal.detach().exp()
+                            .double(), depth.detach(), confidence,
+                            self.principal_point.double())
+
+
+def _optimise(groups: list[tuple[list[torch.nn.Parameter], float]], loss_fn,
+              settings: AlignmentSettings) -> float:
+    """Adam over parameter ``groups`` (parameters, learning-rate factor), the rate decaying
+    from ``lr * factor`` to a hundredth of it (cosine); returns the final loss."""
+    param_groups = [{"params": [p for p in params if p.requires_grad], "factor": factor}
+                    for params, factor in groups]
+    optimiser = torch.optim.Adam([g for g in param_groups if g["params"]], lr=settings.lr,
+                                 betas=(0.9, 0.9))
+    loss = torch.zeros(())
+    for step in range(settings.iterations):
+        decay = 0.01 + 0.99 * (1 + math.cos(math.pi * step / max(settings.iterations, 1))) / 2
+        for group in optimiser.param_groups:
+            group["lr"] = settings.lr * group["factor"] * decay
+        optimiser.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        optimiser.step()
+    return float(loss.detach())
+
+
+def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentSettings,
+                 optimise_focal: bool = True) -> tuple[ViewEstimate, float]:
+    """DUSt3R-style dense global alignment from ``init``; returns the views and final loss.
+
+    The loss is the mean over pairs of the ``log(conf)``-weighted Euclidean distance between
+    ``S_e`` applied to the pair's pointmaps and the views' back-projected depths; the pairs'
+    log scales are centred (geometric mean 1) to fix the gauge.
+    """
+    targets = init.points()
+    s, R, t = fit_similarity_batched(
+        torch.cat([pred.points1, pred.points2], 1).reshape(len(pred.first), -1, 3),
+        torch.cat([targets[pred.first], targets[pred.second]], 1).reshape(len(pred.first), -1,
+                                                                          3),
+        torch.cat([pred.conf1, pred.conf2], 1).reshape(len(pred.first), -1))
+    # gauge: pair scales have geometric mean 1, so the world is shrunk by theirs
+    gauge = s.log().mean().exp()
+    init = ViewEstimate(torch.cat([init.cam_to_world[:, :3], init.cam_to_world[:, 3:]], 1),
+                        init.focal, init.depth / gauge, init.confidence, init.principal_point)
+    init.cam_to_world[:, :3, 3] /= gauge
+    cams = _Cameras(init, optimise_focal, init.depth.float().log())
+    pair_quat = torch.nn.Parameter(rotation_to_quaternion(R).float())
+    pair_trans = torch.nn.Parameter((t / gauge).float())
+    pair_log_scale = torch.nn.Parameter((s / gauge).float().log())
+    w1, w2 = pred.conf1.float().log(), pred.conf2.float().log()
+    p1, p2 = pred.points1.float(), pred.points2.float()
+    norm = (w1.sum((1, 2)) + w2.sum((1, 2))).clamp(min=1e-9)
+
+    def loss() -> torch.Tensor:
+        world = world_points(cams.log_depth.exp(), cams.log_focal.exp(), cams.principal_point,
+                             cams.poses())
+        scale = (pair_log_scale - pair_log_scale.mean()).exp()
+        rot = quaternion_to_rotation(pair_quat)
+        d1 = (_apply(scale, rot, pair_trans, p1) - world[pred.first]).norm(dim=-1)
+        d2 = (_apply(scale, rot, pair_trans, p2) - world[pred.second]).norm(dim=-1)
+        return (((w1 * d1).sum((1, 2)) + (w2 * d2).sum((1, 2))) / norm).mean()
+
+    final = _optimise([([cams.quat, cams.trans, cams.log_focal, cams.log_depth, pair_quat,
+                        pair_trans, pair_log_scale], 1.0)], loss, settings)
+    return cams.estimate(cams.log_depth.exp(), init.confidence), final
+
+
+@dataclass(frozen=True)
+class Correspondences:
+    """Pixel matches of pair ``e`` between views ``first[e]`` and ``second[e]``.
+
+    Attributes:
+        pair: ``(M,)`` index of each match's pair.
+        pixel1, pixel2: ``(M,)`` flat pixel indices (row * W + column) in each view.
+        weight: ``(M,)`` non-negative weights.
+    """
+
+    pair: torch.Tensor
+    pixel1: torch.Tensor
+    pixel2: torch.Tensor
+    weight: torch.Tensor
+
+
+def refine_sparse(pred: PairPredictions, matches: Correspondences, init: ViewEstimate,
+                  settings: AlignmentSettings, optimise_focal: bool = True
+                  ) -> tuple[ViewEstimate, float]:
+    """MASt3R-style sparse alignment on correspondences: a 3D stage (matched pixels of two
+    views meet in space), then a 2D stage (each matched point reprojects onto its match).
+
+    Unknowns per view: pose, log focal, log depth scale, and a coarse log-depth correction
+    grid (every ``settings.grid`` pixels, bilinearly interpolated) that lets the depth maps
+    bend where matches ask for it.
+    """
+    if len(matches.pair) == 0:
+        raise ValueError("no correspondences between any pair: sparse alignment impossible")
+    n, H, W = init.depth.shape
+    dev = init.depth.device
+    gh, gw = max(2, math.ceil(H / settings.grid) + 1), max(2, math.ceil(W / settings.grid) + 1)
+    cams = _Cameras(init, optimise_focal, torch.zeros(n, 1, gh, gw, device=dev))
+    base_depth = init.depth.float()
+    i, j = pred.first[matches.pair], pred.second[matches.pair]
+    weight = matches.weight.float() / matches.weight.float().sum().clamp(min=1e-12)
+    uv1 = pixel_grid(H, W, base_depth).reshape(-1, 2)[matches.pixel1]
+    uv2 = pixel_grid(H, W, base_depth).reshape(-1, 2)[matches.pixel2]
+    scene_scale = float(init.depth.median())
+
+    def depth() -> torch.Tensor:
+        correction = F.interpolate(cams.log_depth, size=(H, W), mode="bilinear",
+                                   align_corners=True)[:, 0]
+        return base_depth * correction.exp()
+
+    def matched_points() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        world = world_points(depth(), cams.log_focal.exp(), cams.principal_point, cams.poses())
+        flat = world.reshape(n, -1, 3)
+        return flat[i, matches.pixel1], flat[j, matches.pixel2], world
+
+    def loss_3d() -> torch.Tensor:
+        a, b, _ = matched_points()
+        return (weight * (a - b).norm(dim=-1)).sum() / scene_scale
+
+    def reprojection(points: torch.Tensor, view: torch.Tensor, target: torch.Tensor
+                     ) -> torch.Tensor:
+        poses = cams.poses()[view]
+        cam = torch.einsum("mji,mj->mi", poses[:, :3, :3], points - poses[:, :3, 3])
+        uv = cam[:, :2] / cam[:, 2:].clamp(min=1e-6) * cams.log_focal.exp()[view, None] \
+            + cams.principal_point[view]
+        return (uv - target).norm(dim=-1)
+
+    def loss_2d() -> torch.Tensor:
+        a, b, _ = matched_points()
+        return (weight * (reprojection(a, j, uv2) + reprojection(b, i, uv1))).sum() / 2
+
+    # focal and depth corrections move slower: a step of lr in a log is lr of the value
+    groups = [([cams.quat, cams.trans], 1.0), ([cams.log_focal, cams.log_depth], 0.1)]
+    _optimise(groups, loss_3d, settings)
+    final = _optimise(groups, loss_2d, settings)
+    return cams.estimate(depth(), init.confidence), final
+
+
+def calibrated_points(pred: PairPredictions, intrinsics: torch.Tensor,
+                      cam_to_rig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibrated fast path: rig-frame points ``(N, H, W, 3)`` and confidence ``(N, H, W)``.
+
+    Each pair's unit is fixed by the closed-form scale that puts its second view's points on
+    the calibrated rays of that camera; each view's points are then its own-frame pointmaps
+    placed by its calibrated pose, averaged over the pairs it leads (confidence-weighted).
+    """
+    E = len(pred.first)
+    H, W = pred.shape
+    dev = pred.points1.device
+    pixels = torch.cat([pixel_grid(H, W, intrinsics), torch.ones(H, W, 1, dtype=intrinsics.dtype,
+                                                                 device=dev)], -1).reshape(-1, 3)
+    rays = torch.einsum("nij,pj->npi", torch.linalg.inv(intrinsics.double()), pixels.double())
+    pose_i, pose_j = cam_to_rig[pred.first].double(), cam_to_rig[pred.second].double()
+    directions = torch.einsum("eij,epj->epi", pose_j[:, :3, :3], rays[pred.second])
+    scale = ray_consistent_scale(pred.points2.reshape(E, -1, 3), pose_i,
+                                 pose_j[:, None, :3, 3].expand_as(directions), directions,
+                                 pred.conf2.reshape(E, -1))
+    placed = _apply(scale, pose_i[:, :3, :3], pose_i[:, :3, 3], pred.points1.double())
+    n = len(cam_to_rig)
+    weight = pred.conf1.double()
+    sums = torch.zeros(n, H, W, 3, dtype=torch.float64, device=dev)
+    sums.index_add_(0, pred.first, placed * weight[..., None])
+    total = torch.zeros(n, H, W, dtype=torch.float64, device=dev).index_add_(0, pred.first,
+                                                                              weight)
+    confidence = _max_per_view(pred.first, pred.conf1, n)
+    return sums / total.clamp(min=1e-12)[..., None], confidence

@@ -1,0 +1,194 @@
+"""What the network backends share: loading their network, and turning a frame set into the
+network's input tensors with matching intrinsics and colours (no ROS).
+
+Network images follow the official preprocessing (:mod:`threer_ros.models.preprocess`): the long
+side is resized to ``size`` and the image centre-cropped to multiples of the patch size. Every
+per-pixel output of a network (points, confidences, descriptors) is at that resolution; the
+intrinsics here are the calibrated ones mapped to it (pixels of the network image).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from threer_ros.geometry.fusion import FusionSettings, fuse_points
+from threer_ros.geometry.registration import align_to_reference
+from threer_ros.models.preprocess import crop_geometry, prepare_images_torch
+from threer_ros.pipeline.types import FrameSet, Reconstruction
+
+#: Backend name -> (weights entry of ``threer-ros weights``, accepted network class names).
+NETWORK_CLASSES = {
+    "fast3r": ("fast3r", ("Fast3R",)),
+    "mast3r": ("mast3r", ("AsymmetricStereo",)),
+    "pow3r": ("pow3r", ("Pow3R",)),
+}
+
+
+def network_dtype(precision: str, device: str) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA and float32 on the CPU; else ``fp32``, ``bf16``, ``fp16``."""
+    if precision == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in table:
+        raise ValueError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
+    return table[precision]
+
+
+def load_network(backend: str, checkpoint: str, device: str, precision: str) -> nn.Module:
+    """Load the network of ``backend`` from ``checkpoint`` ("" = the cached released weights).
+
+    Raises:
+        WeightsError: no weights (the message says how to get them).
+        CheckpointError: unreadable checkpoint.
+        ValueError: the checkpoint holds another network than the backend needs.
+    """
+    from threer_ros.models import load_model
+    from threer_ros.weights import resolve_checkpoint
+
+    entry, classes = NETWORK_CLASSES[backend]
+    path = resolve_checkpoint(entry, checkpoint)
+    model = load_model(path, device=device, dtype=network_dtype(precision, device))
+    if type(model).__name__ not in classes:
+        raise ValueError(f"checkpoint {path} holds a {type(model).__name__} network; the "
+                         f"{backend} backend needs {' or '.join(classes)} weights")
+    if backend == "mast3r" and not hasattr(model.downstream_head1, "desc_dim"):
+        raise ValueError(f"checkpoint {path} is a DUSt3R network without descriptors; the "
+                         "mast3r backend needs MASt3R weights")
+    return model
+
+
+@dataclass(frozen=True)
+class NetworkImages:
+    """A frame set as network input.
+
+    Attributes:
+        cameras: Camera names, in input order.
+        img: ``(N, 3, h, w)`` images normalised to [-1, 1], on the network's device, float32.
+        true_shape: ``(N, 2)`` int32 ``(h, w)`` per image (CPU), as the official views carry.
+        colors: ``(N, h, w, 3)`` uint8 RGB of the network images.
+        intrinsics: ``(N, 3, 3)`` float64 calibrated intrinsics in network pixels, or ``None``
+            when some camera has no intrinsics.
+        cam_to_rig: ``(N, 4, 4)`` float64 calibrated camera-to-rig poses (metres), or ``None``
+            when some camera has no extrinsics.
+    """
+
+    cameras: tuple[str, ...]
+    img: torch.Tensor
+    true_shape: torch.Tensor
+    colors: np.ndarray
+    intrinsics: np.ndarray | None
+    cam_to_rig: np.ndarray | None
+
+    def view(self, index: torch.Tensor | list[int]) -> dict:
+        """Official view dict (``img``, ``true_shape``, ``idx``, ``instance``) of a batch of the
+        images at ``index``."""
+        idx = [int(i) for i in index]
+        return {"img": self.img[idx], "true_shape": self.true_shape[idx], "idx": idx,
+                "instance": [self.cameras[i] for i in idx]}
+
+
+def prepare_network_images(frames: FrameSet, size: int, device: str) -> NetworkImages:
+    """Resize and crop every frame as the official ``load_images(size)`` does, on ``device``.
+
+    Raises:
+        ValueError: the frames do not share one image size.
+    """
+    shapes = {f.image.shape for f in frames.frames}
+    if len(shapes) != 1:
+        raise ValueError(f"all images of a set must have one size, got {sorted(shapes)}")
+    height, width = frames.frames[0].image.shape[:2]
+    images = torch.from_numpy(np.stack([f.image for f in frames.frames])).to(device)
+    img, true_shape = prepare_images_torch(images, size)
+    colors = ((img.permute(0, 2, 3, 1) * 0.5 + 0.5) * 255).round().byte().cpu().numpy()
+    geo = crop_geometry(width, height, size)
+    left, top = round(geo.box[0]), round(geo.box[1])
+    intrinsics = None
+    if all(f.calibration is not None for f in frames.frames):
+        intrinsics = np.stack([f.calibration.scaled_to(geo.width, geo.height).K
+                               for f in frames.frames])
+        intrinsics[:, 0, 2] -= left
+        intrinsics[:, 1, 2] -= top
+    cam_to_rig = np.stack([f.calibration.cam_to_rig for f in frames.frames]) \
+        if frames.is_calibrated else None
+    return NetworkImages(frames.cameras, img, true_shape, colors, intrinsics, cam_to_rig)
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Settings of the network backends (node parameters of the same names).
+
+    Attributes:
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (already resolved).
+        checkpoint: Weights file or folder ("" = the cached released weights).
+        image_size: Long side of the network images in pixels (512 for the released models).
+        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
+        use_calibration: Use known intrinsics/extrinsics (priors, Sim(3) into the rig frame).
+        alignment: ``fast`` keeps calibrated poses fixed and fits only depth scales; ``full``
+            estimates every pose and then fits a Sim(3) to the calibration; ``auto`` is
+            ``fast`` when the set is calibrated.
+        fusion: Confidence threshold, voxel size and outlier removal of the fused cloud.
+    """
+
+    device: str = "cpu"
+    checkpoint: str = ""
+    image_size: int = 512
+    precision: str = "auto"
+    use_calibration: bool = True
+    alignment: str = "auto"
+    fusion: FusionSettings = FusionSettings()
+
+    def __post_init__(self) -> None:
+        if self.alignment not in ("auto", "fast", "full"):
+            raise ValueError(f"alignment {self.alignment!r}: use auto, fast or full")
+        if self.image_size < 16 or self.image_size % 16:
+            raise ValueError(f"image_size {self.image_size} must be a positive multiple of 16")
+
+    def fast_path(self, images: NetworkImages) -> bool:
+        """Whether to keep calibrated poses fixed for this set."""
+        calibrated = self.use_calibration and images.cam_to_rig is not None \
+            and images.intrinsics is not None
+        if self.alignment == "fast" and not calibrated:
+            raise ValueError("alignment 'fast' needs intrinsics and extrinsics for every camera "
+                             "(CameraInfo and rig_calibration) and use_calibration true")
+        return calibrated and self.alignment in ("auto", "fast")
+
+
+def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tensor,
+             cam_to_world: np.ndarray, intrinsics: np.ndarray, stamp_ns: int,
+             settings: NetworkSettings, timings: dict[str, float], from_calibration: bool,
+             info: dict[str, float] | None = None) -> Reconstruction:
+    """Fuse per-view pointmaps into a :class:`Reconstruction` in the rig frame.
+
+    Args:
+        points: ``(N, h, w, 3)`` points of every network pixel, in the frame of ``cam_to_world``.
+        confidence: ``(N, h, w)`` their confidences.
+        cam_to_world: ``(N, 4, 4)`` camera poses in the same frame.
+        intrinsics: ``(N, 3, 3)`` intrinsics in network pixels.
+        from_calibration: True when ``cam_to_world`` are the calibrated poses (rig frame).
+            Otherwise, with a calibrated set and ``use_calibration``, points and poses are taken
+            into the rig frame by the Sim(3) of estimated onto calibrated camera centres, and
+            the remaining pose disagreement goes into ``info``.
+    """
+    info = dict(info or {})
+    t0 = time.perf_counter()
+    pts = points.double().reshape(-1, 3).cpu().numpy()
+    poses = cam_to_world
+    if not from_calibration and settings.use_calibration and images.cam_to_rig is not None:
+        if len(poses) < 3:
+            raise ValueError("bringing an estimate into the rig frame needs at least 3 cameras; "
+                             "use alignment fast for 2 cameras")
+        to_rig, disagreement = align_to_reference(poses, images.cam_to_rig)
+        pts = to_rig.apply(pts)
+        poses, from_calibration = images.cam_to_rig, True
+        info.update(disagreement.summary(), rig_scale=to_rig.scale)
+    fused = fuse_points(pts, images.colors.reshape(-1, 3),
+                        confidence.float().reshape(-1).cpu().numpy(), settings.fusion)
+    timings["fusion"] = time.perf_counter() - t0
+    return Reconstruction(*fused, cameras=images.cameras, cam_to_rig=np.asarray(poses),
+                          intrinsics=np.asarray(intrinsics, dtype=np.float64), stamp_ns=stamp_ns,
+                          poses_from_calibration=from_calibration, timings_s=timings, info=info)

@@ -1,0 +1,273 @@
+"""Pairwise backends (MASt3R, Pow3R): pair graph -> network on batched pairs -> alignment.
+
+1. **Pair graph** (:func:`pair_graph`): ``complete`` (every ordered pair), ``knn`` (each camera
+   with its k nearest cameras, by calibrated centre or else by index around the rig) or
+   ``reference`` (every camera with the first); always symmetric, so every view also appears
+   as the first view of a pair (its own-frame pointmap).
+2. **Network**: each image is encoded once per set and the pairs are decoded in batches
+   (``forward_pairs`` of our models; any module with the official ``model(view1, view2)``
+   contract works too, pair batch by pair batch). Pow3R receives the calibration as priors:
+   rays from each camera's intrinsics and each pair's relative pose.
+3. **Alignment** (:mod:`threer_ros.geometry.global_alignment`): the calibrated fast path
+   (poses fixed, one scale per pair), or spanning-tree initialisation followed by MASt3R's
+   sparse alignment on fast reciprocal descriptor matches (MASt3R) or DUSt3R's dense
+   alignment (Pow3R, or MASt3R checkpoints without matches), then, for a calibrated rig, the
+   Sim(3) into the rig frame with the pose disagreement reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from threer_ros.geometry.global_alignment import (AlignmentSettings, Correspondences,
+                                                  PairPredictions, calibrated_points,
+                                                  refine_dense, refine_sparse,
+                                                  spanning_tree_init)
+from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
+                                         load_network, prepare_network_images)
+from threer_ros.pipeline.types import FrameSet, Reconstruction
+
+GRAPHS = ("complete", "knn", "reference")
+
+
+def pair_graph(kind: str, n: int, neighbours: int = 4, centres: np.ndarray | None = None
+               ) -> list[tuple[int, int]]:
+    """Directed pairs ``(i, j)`` of ``n`` views, symmetric (``(j, i)`` present too), sorted.
+
+    Args:
+        kind: ``complete``, ``knn`` or ``reference`` (module docstring).
+        neighbours: k of ``knn``.
+        centres: ``(n, 3)`` camera centres for ``knn``; without them cameras are taken to sit
+            on a ring in index order.
+    """
+    if n < 2:
+        raise ValueError(f"a pair graph needs at least 2 views, got {n}")
+    if kind == "complete":
+        undirected = {(i, j) for i in range(n) for j in range(i + 1, n)}
+    elif kind == "reference":
+        undirected = {(0, j) for j in range(1, n)}
+    elif kind == "knn":
+        if neighbours < 1:
+            raise ValueError(f"graph_neighbours must be >= 1, got {neighbours}")
+        if centres is not None:
+            distance = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+        else:
+            index = np.arange(n)
+            gap = np.abs(index[:, None] - index[None])
+            distance = np.minimum(gap, n - gap).astype(float)
+        np.fill_diagonal(distance, np.inf)
+        undirected = {tuple(sorted((i, int(j)))) for i in range(n)
+                      for j in np.argsort(distance[i], kind="stable")[:neighbours]}
+    else:
+        raise ValueError(f"unknown pair graph {kind!r}: use {', '.join(GRAPHS)}")
+    return sorted(undirected | {(j, i) for i, j in undirected})
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """Pair graph and alignment settings of the pairwise backends.
+
+    Attributes:
+        graph, neighbours, batch: Node parameters ``pair_graph``, ``graph_neighbours``,
+            ``pair_batch``.
+        alignment: Node parameters ``alignment_iterations`` and ``alignment_lr``.
+        match_subsample: Seed grid stride (pixels) of the fast reciprocal matching.
+        match_tolerance: A match is kept when the pair's own pointmaps put its two points
+            within this fraction of the median depth of each other.
+    """
+
+    graph: str = "knn"
+    neighbours: int = 4
+    batch: int = 16
+    alignment: AlignmentSettings = AlignmentSettings()
+    match_subsample: int = 8
+    match_tolerance: float = 0.02
+
+
+class PairwiseReconstructor:
+    """Pairwise reconstruction (module docstring) with the network ``network``.
+
+    Args:
+        network: A MASt3R / Pow3R module or any module with the official pair contract.
+        settings: Network backend settings.
+        pairs: Pair graph and alignment settings.
+    """
+
+    name = "pairwise"
+
+    def __init__(self, network: nn.Module, settings: NetworkSettings,
+                 pairs: PairSettings = PairSettings()) -> None:
+        self.network = network
+        self.settings = settings
+        self.pairs = pairs
+
+    @classmethod
+    def from_options(cls, options) -> "PairwiseReconstructor":
+        """Build from :class:`~threer_ros.pipeline.backends.BackendOptions`."""
+        settings = options.network_settings()
+        pairs = PairSettings(options.pair_graph, options.graph_neighbours, options.pair_batch,
+                             replace(AlignmentSettings(), iterations=options.alignment_iterations,
+                                     lr=options.alignment_lr))
+        return cls(load_network(cls.name, settings.checkpoint, settings.device,
+                                settings.precision), settings, pairs)
+
+    def reconstruct(self, frames: FrameSet) -> Reconstruction:
+        n = len(frames.frames)
+        if n < 2:
+            raise ValueError(f"{self.name} needs at least 2 cameras, got {n}")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        images = prepare_network_images(frames, self.settings.image_size, self.settings.device)
+        centres = None if images.cam_to_rig is None else images.cam_to_rig[:, :3, 3]
+        edges = pair_graph(self.pairs.graph, n, self.pairs.neighbours, centres)
+        timings["preprocess"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        pred, descriptors = self._run_pairs(images, edges)
+        if images.img.is_cuda:
+            torch.cuda.synchronize(images.img.device)
+        timings["network"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        info = {"pairs": float(len(edges))}
+        if self.settings.fast_path(images):
+            dev = pred.points1.device
+            points, conf = calibrated_points(pred, torch.as_tensor(images.intrinsics, device=dev),
+                                             torch.as_tensor(images.cam_to_rig, device=dev))
+            timings["alignment"] = time.perf_counter() - t0
+            return assemble(images, points, conf, images.cam_to_rig, images.intrinsics,
+                            frames.stamp_ns, self.settings, timings, True, info)
+        known = self.settings.use_calibration and images.intrinsics is not None
+        focal = principal = None
+        if known:
+            K = torch.as_tensor(images.intrinsics, device=pred.points1.device)
+            focal, principal = (K[:, 0, 0] + K[:, 1, 1]) / 2, K[:, :2, 2]
+        with torch.enable_grad():
+            init = spanning_tree_init(pred, n, focal, principal)
+            timings["init"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if descriptors is not None:
+                matches = self._match(pred, descriptors)
+                info["matches"] = float(len(matches.pair))
+                views, loss = refine_sparse(pred, matches, init, self.pairs.alignment,
+                                            optimise_focal=not known)
+            else:
+                views, loss = refine_dense(pred, init, self.pairs.alignment,
+                                           optimise_focal=not known)
+        info["alignment_loss"] = loss
+        timings["alignment"] = time.perf_counter() - t0
+        return assemble(images, views.points(), views.confidence,
+                        views.cam_to_world.cpu().numpy(), views.intrinsics().cpu().numpy(),
+                        frames.stamp_ns, self.settings, timings, False, info)
+
+    # --- network ------------------------------------------------------------------------
+    def _priors(self, images: NetworkImages, first: torch.Tensor, second: torch.Tensor
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Pow3R's prior inputs: rays per image ``(N, 3, h, w)`` and relative pose per pair."""
+        if self.name != "pow3r" or not self.settings.use_calibration:
+            return None, None
+        from threer_ros.models.pow3r import rays_from_intrinsics, relative_pose
+
+        h, w = images.img.shape[-2:]
+        rays = pose = None
+        if images.intrinsics is not None:
+            rays = rays_from_intrinsics(torch.as_tensor(images.intrinsics, dtype=torch.float32,
+                                                        device=images.img.device), h, w)
+        if images.cam_to_rig is not None:
+            cams = torch.as_tensor(images.cam_to_rig, device=images.img.device)
+            pose = relative_pose(cams[first], cams[second])
+        return rays, pose
+
+    def _run_pairs(self, images: NetworkImages, edges: list[tuple[int, int]]
+                   ) -> tuple[PairPredictions, tuple[torch.Tensor, torch.Tensor] | None]:
+        """All pairs through the network; descriptors ``(desc1, desc2, conf1, conf2)`` of
+        each pair when the network outputs them."""
+        dev = images.img.device
+        first = torch.tensor([e[0] for e in edges], device=dev)
+        second = torch.tensor([e[1] for e in edges], device=dev)
+        dtype = next(self.network.parameters()).dtype
+        h, w = images.img.shape[-2:]
+        # networks declared landscape-only take portrait images (and priors) transposed
+        flip = bool(getattr(self.network, "landscape_only", False)) and h > w
+        orient = (lambda x: x.transpose(-1, -2)) if flip else (lambda x: x)
+        view = dict(images.view(range(len(images.cameras))), img=orient(images.img.to(dtype)))
+        rays, pose = self._priors(images, first, second)
+        if rays is not None:
+            view["known_rays"] = orient(rays)
+        with torch.no_grad():       # not inference_mode: alignment differentiates outputs
+            if hasattr(self.network, "forward_pairs"):
+                extra = {} if self.name != "pow3r" else {"known_pose": pose}
+                res1, res2 = self.network.forward_pairs(view, first, second,
+                                                        pair_batch=self.pairs.batch, **extra)
+            else:
+                res1, res2 = self._forward_gathered(view, first, second, pose)
+        unflip = (lambda x: x.transpose(1, 2)) if flip else (lambda x: x)
+        res1 = {k: unflip(v).float() for k, v in res1.items()}
+        res2 = {k: unflip(v).float() for k, v in res2.items()}
+        pred = PairPredictions(first, second, res1["pts3d"], res2["pts3d_in_other_view"],
+                               res1["conf"], res2["conf"])
+        if "desc" not in res1:
+            return pred, None
+        return pred, (res1["desc"], res2["desc"], res1["desc_conf"], res2["desc_conf"])
+
+    def _forward_gathered(self, view: dict, first: torch.Tensor, second: torch.Tensor,
+                          pose: torch.Tensor | None) -> tuple[dict, dict]:
+        """The official contract, one batch of gathered pairs at a time."""
+        from threer_ros.models.dust3r import decode_in_chunks
+
+        def gather(index: torch.Tensor, pose_chunk: torch.Tensor | None) -> dict:
+            out = {k: (v[index] if torch.is_tensor(v) else [v[int(i)] for i in index])
+                   for k, v in view.items() if k != "true_shape"}
+            out["true_shape"] = view["true_shape"][index.cpu()]
+            if pose_chunk is not None:
+                out["known_pose"] = pose_chunk
+            return out
+
+        return decode_in_chunks(
+            lambda a, b, p: self.network(gather(a, p), gather(b, p)), first, second,
+            self.pairs.batch, pose)
+
+    def _match(self, pred: PairPredictions, descriptors) -> Correspondences:
+        """Fast reciprocal matches of every undirected pair (from its ``i < j`` direction)."""
+        from threer_ros.geometry.matching import fast_reciprocal_matches
+
+        desc1, desc2, conf1, conf2 = descriptors
+        W = pred.points1.shape[2]
+        parts = []
+        for e, (i, j) in enumerate(zip(pred.first.tolist(), pred.second.tolist())):
+            if i > j:
+                continue
+            found = fast_reciprocal_matches(desc1[e], desc2[e],
+                                            subsample=self.pairs.match_subsample)
+            flat1 = found.pixels1[:, 1] * W + found.pixels1[:, 0]
+            flat2 = found.pixels2[:, 1] * W + found.pixels2[:, 0]
+            # keep matches whose two points the pair itself puts close together
+            p1 = pred.points1[e].reshape(-1, 3)[flat1]
+            p2 = pred.points2[e].reshape(-1, 3)[flat2]
+            depth = p1[:, 2].abs().median().clamp(min=1e-12)
+            near = (p1 - p2).norm(dim=-1) <= self.pairs.match_tolerance * depth
+            flat1, flat2 = flat1[near], flat2[near]
+            weight = (conf1[e].reshape(-1)[flat1] * conf2[e].reshape(-1)[flat2]).sqrt()
+            parts.append((torch.full_like(flat1, e), flat1, flat2, weight))
+        dev = pred.points1.device
+        if not parts:
+            empty = torch.zeros(0, dtype=torch.int64, device=dev)
+            return Correspondences(empty, empty, empty, empty.float())
+        return Correspondences(*(torch.cat(p).to(dev) for p in zip(*parts)))
+
+
+class MASt3RReconstructor(PairwiseReconstructor):
+    """MASt3R: pairs, then sparse alignment on its descriptor matches."""
+
+    name = "mast3r"
+
+
+class Pow3RReconstructor(PairwiseReconstructor):
+    """Pow3R: pairs with calibration priors, then dense alignment."""
+
+    name = "pow3r"
