@@ -22,8 +22,9 @@ def parity_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ros_domain_id() -> int:
-    """A base ROS_DOMAIN_ID in 1..50 derived from the process id, so parallel runs don't meet.
+    """A base ROS_DOMAIN_ID in 1..30 derived from the process id, so parallel runs don't meet.
 
-    Tests that need more domains add multiples of 50 (up to +150): DDS allows 0..232.
+    Tests that need more domains add multiples of 30 (up to +180, each offset used by one
+    test): DDS allows 0..232.
     """
-    return 1 + os.getpid() % 50
+    return 1 + os.getpid() % 30

@@ -113,3 +113,38 @@ def test_pow3r_takes_portrait_images_transposed_and_mixed_batches():
     assert alone_p[0]["pts3d"].shape == (1, 48, 64, 3)         # landscape layout, like its input
     with pytest.raises(ValueError, match="takes landscape tensors"):
         model(view(portrait, [64, 48]), view(portrait, [64, 48]))
+
+
+@pytest.mark.parametrize("model_name", ["mast3r", "pow3r"])
+@pytest.mark.parametrize("portrait", [False, True], ids=["landscape", "portrait"])
+def test_encoding_each_image_once_gives_the_pairwise_outputs(model_name, portrait):
+    """``forward_pairs`` (each image encoded once, pairs decoded in chunks) equals ``forward``
+    on the gathered pairs, priors included, for both orientations."""
+    torch.manual_seed(0)
+    network = _network(model_name)
+    shape = (64, 48) if portrait else (48, 64)
+    img = torch.rand(4, 3, *shape) * 2 - 1
+    first, second = torch.tensor([0, 1, 2, 3, 0, 2]), torch.tensor([1, 0, 3, 2, 3, 1])
+    flip = getattr(network, "landscape_only", False) and portrait
+    given = img.transpose(-1, -2) if flip else img          # landscape-only: portrait transposed
+    view = {"img": given, "true_shape": torch.tensor([list(shape)] * 4, dtype=torch.int32)}
+    extra = {}
+    if model_name == "pow3r":
+        K = torch.tensor([[50.0, 0, 23.5], [0, 50.0, 31.5], [0, 0, 1]]).expand(4, 3, 3)
+        cams = torch.eye(4).repeat(4, 1, 1)
+        cams[:, 0, 3] = torch.arange(4.0)
+        priors, _ = encode_priors(view, view, K1=K)
+        view["known_rays"] = priors["known_rays"].transpose(-1, -2) if flip \
+            else priors["known_rays"]
+        extra["known_pose"] = encode_priors(view, view, cam1=cams[first],
+                                            cam2=cams[second])[0]["known_pose"]
+    with torch.no_grad():
+        once = network.forward_pairs(view, first, second, pair_batch=4, **extra)
+        gathered = [{k: v[index] for k, v in view.items()} for index in (first, second)]
+        for g in gathered:
+            g.update(extra)
+        reference = network(*gathered)
+    for ours, theirs in zip(once, reference):
+        assert set(ours) == set(theirs)
+        for key in theirs:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-5)

@@ -135,24 +135,20 @@ def test_pair_graphs_are_symmetric_and_knn_follows_the_rig():
     complete = pair_graph("complete", 5)
     assert len(complete) == 20 and all((j, i) in complete for i, j in complete)
     assert pair_graph("reference", 4) == [(0, 1), (0, 2), (0, 3), (1, 0), (2, 0), (3, 0)]
-    centres = np.array([[0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0]], float)
+    centres = np.array([[0, 0, 0], [1, 0, 0], [2.5, 0, 0], [4, 0, 0]], float)
     knn = pair_graph("knn", 4, neighbours=1, centres=centres)
-    assert knn == [(0, 1), (1, 0), (2, 3), (3, 2)]
+    assert knn == [(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2)]
     ring = pair_graph("knn", 6, neighbours=2)          # no extrinsics: neighbours by index
     assert (0, 5) in ring and (0, 1) in ring and (0, 3) not in ring
     with pytest.raises(ValueError, match="unknown pair graph 'star'"):
         pair_graph("star", 4)
 
 
-def test_a_disconnected_graph_is_reported(rig):
-    frames = rig.frame_set(7)
-    centres = np.stack([v.calibration.cam_to_rig[:3, 3] for v in rig.views])
-    assert len(pair_graph("knn", 8, 1, centres)) < 2 * 7    # k = 1 leaves islands on this rig
-    network = OraclePairNetwork(frames, SIZE)
-    settings = NetworkSettings(image_size=SIZE, alignment="full")
-    with pytest.raises(ValueError, match="does not connect views"):
-        Pow3RReconstructor(network, settings, PairSettings(graph="knn", neighbours=1)
-                           ).reconstruct(frames)
+def test_knn_graphs_stay_connected_when_cameras_form_clusters():
+    centres = np.array([[0, 0, 0], [1, 0, 0], [10, 0, 0], [11, 0, 0], [30, 0, 0]], float)
+    knn = pair_graph("knn", 5, neighbours=1, centres=centres)
+    # each camera's nearest neighbour, plus the shortest links between the clusters
+    assert knn == [(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2), (3, 4), (4, 3)]
 
 
 def test_fast_alignment_without_calibration_is_refused(rig):

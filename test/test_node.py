@@ -7,11 +7,13 @@ RViz does. ``ROS_DOMAIN_ID`` is unique to this test session (see conftest.py).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
 from threer_ros.config import read_parameters  # noqa: E402
 from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
@@ -88,14 +90,17 @@ def rig() -> SyntheticRig:
     return SyntheticRig.render(seed=3, width=WIDTH, names=CAMERAS)
 
 
-def _start_graph(rig: SyntheticRig, rig_calibration: str, domain_id: int):
-    """Start the node process with ``rig_calibration``; return (process, driver, probe, stop)."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
-    node = subprocess.Popen(
-        [sys.executable, "-m", "threer_ros.ros.node", "--ros-args",
-         "-p", f"rig_calibration:={rig_calibration}", "-p", "backend:=mvs", "-p", "device:=cpu",
-         "-p", f"working_width:={WIDTH}", "-p", "min_cameras:=12", "-p", "max_rate:=0.0",
-         "-p", "sync_tolerance:=0.005"], env=env)
+def _start_graph(rig: SyntheticRig, rig_calibration: str, domain_id: int,
+                 params: dict[str, str] | None = None, env: dict[str, str] | None = None):
+    """Start the node process with ``rig_calibration`` (and ``params`` over the test defaults:
+    mvs on the CPU); return (process, driver, probe, stop)."""
+    settings = {"rig_calibration": rig_calibration, "backend": "mvs", "device": "cpu",
+                "working_width": str(WIDTH), "min_cameras": "12", "max_rate": "0.0",
+                "sync_tolerance": "0.005", **(params or {})}
+    arguments = [a for k, v in settings.items() for a in ("-p", f"{k}:={v}")]
+    node = subprocess.Popen([sys.executable, "-m", "threer_ros.ros.node", "--ros-args",
+                             *arguments],
+                            env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id), **(env or {})))
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id)
     driver, probe = RigDriver(rig, context), OutputProbe(context=context)
@@ -241,7 +246,7 @@ def test_camera_poses_can_come_from_the_rigs_tf_static(rig, ros_domain_id):
 
     from threer_ros.ros.convert import transform_msgs
 
-    node, driver, probe, stop = _start_graph(rig, "tf", ros_domain_id + 50)
+    node, driver, probe, stop = _start_graph(rig, "tf", ros_domain_id + 30)
     try:
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         tf_pub = driver.create_publisher(TFMessage, "/tf_static", latched)
@@ -261,6 +266,89 @@ def test_camera_poses_can_come_from_the_rigs_tf_static(rig, ros_domain_id):
         full = next(p for p in probe.recorded.poses if len(p.poses) == len(CAMERAS))
         got = np.array([[p.position.x, p.position.y, p.position.z] for p in full.poses])
         np.testing.assert_allclose(got, poses[:, :3, 3], atol=1e-6)
+        assert node.poll() is None
+    finally:
+        stop()
+
+
+# --- network backends ------------------------------------------------------------------------
+PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "parity"
+#: tiny random-weight networks in the official formats; small images keep CPU time low
+NETWORK_PARAMS = {"network_size": "64", "working_width": "64", "alignment_iterations": "5",
+                  "pair_graph": "knn", "graph_neighbours": "2", "voxel_size": "0.0"}
+
+
+def _calibration_file(rig: SyntheticRig, folder: Path) -> str:
+    path = folder / "rig.yaml"
+    save_rig_calibration(path, "rig", {v.name: v.calibration for v in rig.views})
+    return str(path)
+
+
+def _finite_cloud_and_camera_frames(probe: OutputProbe, done: int) -> np.ndarray:
+    cloud = probe.recorded.clouds[-1]
+    assert cloud.header.frame_id == "rig"
+    points, _, confidence = cloud_from_msg(cloud)
+    assert len(points) > 100 and np.isfinite(points).all() and np.isfinite(confidence).all()
+    assert probe.wait_for(lambda r: len(r.tf_static) == len(CAMERAS), WAIT)
+    assert len(probe.recorded.poses[-1].poses) == len(CAMERAS)
+    return points
+
+
+@pytest.mark.parametrize("alignment", ["fast", "full"])
+def test_mast3r_with_a_checkpoint_runs_through_the_node(alignment, tmp_path, ros_domain_id):
+    rig = SyntheticRig.render(seed=5, width=64, names=CAMERAS)
+    params = dict(NETWORK_PARAMS, backend="mast3r", alignment=alignment,
+                  checkpoint=str(PARITY / "mast3r" / "checkpoint.pth"))
+    offset = 120 if alignment == "fast" else 150
+    node, driver, probe, stop = _start_graph(rig, _calibration_file(rig, tmp_path),
+                                             ros_domain_id + offset, params)
+    try:
+        assert _publish_until(lambda: driver.publish_set(20_000_000_000), probe,
+                              lambda r: r.clouds and _reconstructions(probe) > 0)
+        _finite_cloud_and_camera_frames(probe, 0)
+        values = _values(probe.latest_status(PIPELINE))
+        assert values["backend"] == "mast3r" and "stage_network_s" in values
+        if alignment == "full":       # the calibration check is reported to the operator
+            assert float(values["pose_rotation_max_deg"]) >= 0
+        assert node.poll() is None
+    finally:
+        stop()
+
+
+def test_compare_mode_publishes_every_backend_and_a_summary(tmp_path, ros_domain_id):
+    """fast3r (primary), pow3r and mvs on the same sets; network weights from the cache
+    folder (``THREER_ROS_WEIGHTS``) laid out as ``threer-ros weights download`` leaves it."""
+    from std_msgs.msg import String
+    from threer_ros.weights import ENTRIES
+
+    rig = SyntheticRig.render(seed=6, width=64, names=CAMERAS)
+    cache = tmp_path / "weights"
+    cache.mkdir()
+    (cache / ENTRIES["fast3r"].local_name).symlink_to(PARITY / "fast3r" / "checkpoint")
+    (cache / ENTRIES["pow3r"].local_name).symlink_to(PARITY / "pow3r" / "checkpoint.pth")
+    params = dict(NETWORK_PARAMS, backend="fast3r", compare_backends="pow3r,mvs")
+    node, driver, probe, stop = _start_graph(rig, _calibration_file(rig, tmp_path),
+                                             ros_domain_id + 180,
+                                             params, env={"THREER_ROS_WEIGHTS": str(cache)})
+    received: dict[str, list] = {"pow3r": [], "mvs": [], "summary": []}
+    try:
+        for name in ("pow3r", "mvs"):
+            driver.create_subscription(PointCloud2, f"/points/{name}",
+                                       received[name].append, 2)
+        driver.create_subscription(String, "/comparison",
+                                   lambda m: received["summary"].append(json.loads(m.data)), 2)
+        assert _publish_until(lambda: driver.publish_set(30_000_000_000), probe,
+                              lambda r: r.clouds and received["summary"]
+                              and received["pow3r"] and received["mvs"])
+        _finite_cloud_and_camera_frames(probe, 0)
+        summary = received["summary"][-1]
+        assert summary["primary"] == "fast3r" and not summary["errors"]
+        assert set(summary["backends"]) == {"fast3r", "pow3r", "mvs"}
+        for name in ("pow3r", "mvs"):
+            values = summary["backends"][name]
+            assert values["time_s"] > 0 and "rotation_median_deg" in values
+            points, _, _ = cloud_from_msg(received[name][-1])
+            assert np.isfinite(points).all()
         assert node.poll() is None
     finally:
         stop()

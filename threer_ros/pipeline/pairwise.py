@@ -3,7 +3,8 @@
 1. **Pair graph** (:func:`pair_graph`): ``complete`` (every ordered pair), ``knn`` (each camera
    with its k nearest cameras, by calibrated centre or else by index around the rig) or
    ``reference`` (every camera with the first); always symmetric, so every view also appears
-   as the first view of a pair (its own-frame pointmap).
+   as the first view of a pair (its own-frame pointmap), and ``knn`` always connected (the
+   nearest-camera spanning tree is added, so separate rows of a rig still meet).
 2. **Network**: each image is encoded once per set and the pairs are decoded in batches
    (``forward_pairs`` of our models; any module with the official ``model(view1, view2)``
    contract works too, pair batch by pair batch). Pow3R receives the calibration as priors:
@@ -11,7 +12,7 @@
 3. **Alignment** (:mod:`threer_ros.geometry.global_alignment`): the calibrated fast path
    (poses fixed, one scale per pair), or spanning-tree initialisation followed by MASt3R's
    sparse alignment on fast reciprocal descriptor matches (MASt3R) or DUSt3R's dense
-   alignment (Pow3R, or MASt3R checkpoints without matches), then, for a calibrated rig, the
+   alignment (Pow3R, or when too few matches survive), then, for a calibrated rig, the
    Sim(3) into the rig frame with the pose disagreement reported.
 """
 
@@ -63,9 +64,26 @@ def pair_graph(kind: str, n: int, neighbours: int = 4, centres: np.ndarray | Non
         np.fill_diagonal(distance, np.inf)
         undirected = {tuple(sorted((i, int(j)))) for i in range(n)
                       for j in np.argsort(distance[i], kind="stable")[:neighbours]}
+        undirected |= _nearest_tree(distance)   # clusters of cameras stay connected
     else:
         raise ValueError(f"unknown pair graph {kind!r}: use {', '.join(GRAPHS)}")
     return sorted(undirected | {(j, i) for i, j in undirected})
+
+
+def _nearest_tree(distance: np.ndarray) -> set[tuple[int, int]]:
+    """Edges ``(i, j)``, ``i < j``, of the minimum spanning tree of a distance matrix (Prim)."""
+    n = len(distance)
+    inside = np.zeros(n, dtype=bool)
+    inside[0] = True
+    best, parent = distance[0].copy(), np.zeros(n, dtype=int)
+    edges = set()
+    for _ in range(n - 1):
+        j = int(np.argmin(np.where(inside, np.inf, best)))
+        edges.add(tuple(sorted((int(parent[j]), j))))
+        inside[j] = True
+        closer = distance[j] < best
+        best[closer], parent[closer] = distance[j][closer], j
+    return edges
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,8 @@ class PairSettings:
         match_subsample: Seed grid stride (pixels) of the fast reciprocal matching.
         match_tolerance: A match is kept when the pair's own pointmaps put its two points
             within this fraction of the median depth of each other.
+        min_matches: Fewer matches over all pairs than this: dense alignment instead of
+            sparse (``info['matches']`` says how many there were).
     """
 
     graph: str = "knn"
@@ -87,6 +107,7 @@ class PairSettings:
     alignment: AlignmentSettings = AlignmentSettings()
     match_subsample: int = 8
     match_tolerance: float = 0.02
+    min_matches: int = 100
 
 
 class PairwiseReconstructor:
@@ -151,12 +172,13 @@ class PairwiseReconstructor:
             init = spanning_tree_init(pred, n, focal, principal)
             timings["init"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            if descriptors is not None:
-                matches = self._match(pred, descriptors)
+            matches = None if descriptors is None else self._match(pred, descriptors)
+            if matches is not None:
                 info["matches"] = float(len(matches.pair))
+            if matches is not None and len(matches.pair) >= self.pairs.min_matches:
                 views, loss = refine_sparse(pred, matches, init, self.pairs.alignment,
                                             optimise_focal=not known)
-            else:
+            else:         # no descriptors, or too few matches: align on the dense pointmaps
                 views, loss = refine_dense(pred, init, self.pairs.alignment,
                                            optimise_focal=not known)
         info["alignment_loss"] = loss
