@@ -206,6 +206,11 @@ def spanning_tree_init(pred: PairPredictions, n: int,
                                                                                      None])
     confidence = torch.maximum(_max_per_view(pred.first, pred.conf1, n),
                                _max_per_view(pred.second, pred.conf2, n))
+    degenerate = ~torch.isfinite(focal) | (focal <= 0) | ~torch.isfinite(s) | (s <= 0)
+    if degenerate.any():
+        raise ValueError(f"views {degenerate.nonzero()[:, 0].tolist()}: the network's pointmaps "
+                         "give no valid camera (points behind the camera or not finite); "
+                         "check the weights and that the images overlap")
     return ViewEstimate(poses, focal.double(), (s[:, None, None] * own[..., 2]).clamp(min=1e-9),
                         confidence, principal_point.double())
 

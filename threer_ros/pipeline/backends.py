@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
 
 from threer_ros.geometry.fusion import FusionSettings
 from threer_ros.pipeline.types import Reconstructor
@@ -83,6 +84,12 @@ class BackendOptions:
         return NetworkSettings(resolve_device(self.device), self.checkpoint, self.network_size,
                                self.precision, self.use_calibration, self.alignment,
                                self.fusion_settings())
+
+
+def options_from_parameters(parameters: Mapping[str, Any]) -> BackendOptions:
+    """The :class:`BackendOptions` held in a parameter file's values (``config/capture.yaml``
+    names each option like its field)."""
+    return BackendOptions(**{f.name: parameters[f.name] for f in fields(BackendOptions)})
 
 
 def resolve_device(device: str) -> str:

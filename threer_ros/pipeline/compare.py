@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -77,8 +78,10 @@ class CompareReconstructor:
         self.backends = backends
         self.primary = next(iter(backends))
 
-    def compare_set(self, frames: FrameSet) -> Comparison:
-        """Reconstruct ``frames`` with every backend and compare them."""
+    def compare_set(self, frames: FrameSet, done: Callable[[str], Any] | None = None
+                    ) -> Comparison:
+        """Reconstruct ``frames`` with every backend and compare them; ``done(name)`` is called
+        after each backend (e.g. a progress bar)."""
         results, durations, errors = {}, {}, {}
         for name, backend in self.backends.items():
             start = time.perf_counter()
@@ -89,6 +92,8 @@ class CompareReconstructor:
                     raise
                 errors[name] = f"{type(exc).__name__}: {exc}"
             durations[name] = time.perf_counter() - start
+            if done is not None:
+                done(name)
         return Comparison(results, compare(self.primary, results, durations), errors)
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:

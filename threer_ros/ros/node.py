@@ -41,7 +41,8 @@ from tf2_msgs.msg import TFMessage
 
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
-from threer_ros.pipeline.backends import BackendOptions, make_reconstructor, resolve_device
+from threer_ros.pipeline.backends import (BackendOptions, make_reconstructor,
+                                         options_from_parameters, resolve_device)
 from threer_ros.pipeline.compare import Comparison, CompareReconstructor
 from threer_ros.pipeline.frames import FramePreparer
 from threer_ros.pipeline.types import CameraCalibration, Frame, FrameSet, Reconstruction
@@ -83,8 +84,9 @@ class NodeSettings:
         for name in names + [f.name for f in fields(BackendOptions)]:
             values[name] = node.declare_parameter(name, defaults[name]).value
         values["cameras"] = tuple(values["cameras"])
-        values["options"] = BackendOptions(**{f.name: values.pop(f.name)
-                                              for f in fields(BackendOptions)})
+        values["options"] = options_from_parameters(values)
+        for f in fields(BackendOptions):
+            del values[f.name]
         settings = cls(**values)
         settings.validate()
         return settings
