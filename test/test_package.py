@@ -53,4 +53,4 @@ def test_the_launch_file_declares_the_documented_arguments():
                 if isinstance(node, ast.Call) and getattr(node.func, "id", "") ==
                 "DeclareLaunchArgument"}
     assert declared == {"config", "backend", "checkpoint", "device", "rig_calibration", "source",
-                        "rate", "rviz"}
+                        "rate", "bag", "bag_rate", "loop", "rviz"}

@@ -83,3 +83,39 @@ def test_bad_inputs_are_named(capture, tmp_path, capsys):
     assert status == 2 and "broken.png: not a readable image" in capsys.readouterr().err
     status = main(["reconstruct", str(tmp_path / "nowhere"), "--config", str(config)])
     assert status == 2 and "nowhere: no such file or folder" in capsys.readouterr().err
+
+
+def test_a_nersemble_frame_in_one_metric_reconstruction_per_backend_out(capture, tmp_path,
+                                                                         capsys):
+    import nersemble_fixture as fx
+
+    _, _, config = capture
+    root = tmp_path / "nersemble"
+    fx.write_png_download(root, fx.render(), frames=2)
+    out = tmp_path / "p031"
+    status = main(["reconstruct", "--nersemble", str(root), "--participant", fx.PARTICIPANT,
+                   "--sequence", fx.SEQUENCE, "--frame", "1", "--backend", "mvs",
+                   "--backend", "fast3r", "--config", str(config), "--device", "cpu",
+                   "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
+    truth = json.loads((root / fx.PARTICIPANT / "camera_params.json").read_text())["world_2_cam"]
+    for backend in ("mvs", "fast3r"):
+        poses = json.loads((out / f"{backend}_poses.json").read_text())
+        assert poses["frame"] == "rig" and poses["metric"] is True
+        assert sorted(poses["cameras"]) == sorted(fx.CAMERAS)
+        for serial, world_2_cam in truth.items():     # calibrated: the dataset's own poses
+            np.testing.assert_allclose(poses["cameras"][f"cam_{serial}"]["cam_to_frame"],
+                                       np.linalg.inv(world_2_cam), atol=1e-6)
+        points, _, _ = read_ply(out / f"{backend}.ply")
+        assert len(points) > 100 and np.isfinite(points).all()
+
+
+def test_nersemble_options_are_checked(capture, tmp_path, capsys):
+    _, _, config = capture
+    assert main(["reconstruct", "--nersemble", str(tmp_path / "none"), "--participant", "031",
+                 "--sequence", "EXP-2-eyes", "--config", str(config)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["reconstruct", "--nersemble", str(tmp_path), "--config", str(config)]) == 2
+    assert "needs --participant and --sequence" in capsys.readouterr().err
+    assert main(["reconstruct", "--config", str(config)]) == 2
+    assert "give image files or folders, or --nersemble" in capsys.readouterr().err

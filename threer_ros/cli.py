@@ -15,6 +15,8 @@ import sys
 _COMMAND_MODULES = (
     "threer_ros.ros.demo",
     "threer_ros.ros.replay",
+    "threer_ros.ros.record",
+    "threer_ros.bag",
     "threer_ros.reconstruct",
     "threer_ros.bench",
     "threer_ros.weights",

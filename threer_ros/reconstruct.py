@@ -3,9 +3,14 @@
     threer-ros reconstruct views/ --backend fast3r --backend mast3r --backend pow3r --out out/
     threer-ros reconstruct a.png b.png c.png --backend mast3r --weights mast3r.pth --out out/
     threer-ros reconstruct views/ --calibration rig.yaml --backend pow3r --out out/
+    threer-ros reconstruct --nersemble ~/nersemble --participant 031 --sequence EXP-2-eyes \
+        --frame 0 --backend fast3r --backend mast3r --backend pow3r --out out/p031
 
 Images (PNG/JPEG files, or folders of them, sorted by name) are one synchronized set; each
-image's file stem is its camera name. With ``--calibration`` (the rig calibration YAML of
+image's file stem is its camera name. ``--nersemble`` takes the set instead from timestep
+``--frame`` of every camera of a NeRSemble download, with the dataset's calibration (the seed
+experiment: participant 031, frame 0; docs/bags.md). With ``--calibration`` (the rig
+calibration YAML of
 ``docs/calibration.md``, with intrinsics) the clouds are metric and in the rig frame, else in
 the network's frame and unit. For every backend the output folder gets ``<backend>.ply``
 (x, y, z, rgb, confidence), ``<backend>_poses.json`` (camera-to-frame poses, intrinsics,
@@ -83,6 +88,18 @@ def load_frame_set(files: list[Path], calibration: Path | None, working_width: i
     return FrameSet(tuple(frames), 0)
 
 
+def nersemble_frame_set(root: Path, participant: str, sequence: str, frame: int,
+                        working_width: int) -> FrameSet:
+    """Timestep ``frame`` of every camera of a NeRSemble sequence, calibrated (rig = the
+    dataset's world frame, metres), resized to ``working_width``."""
+    from threer_ros.data.nersemble import NersembleSequence
+
+    raw = next(NersembleSequence.open(root, participant, sequence).frame_sets(frame, frame + 1))
+    preparer = FramePreparer(working_width)
+    return FrameSet(tuple(preparer.prepare(f.camera, f.image, f.stamp_ns, f.calibration)
+                          for f in raw.frames), raw.stamp_ns)
+
+
 def poses_document(backend: str, recon: Reconstruction, frame: str) -> dict:
     """What ``<backend>_poses.json`` holds."""
     return {
@@ -126,7 +143,19 @@ def run(args: argparse.Namespace) -> int:
     if args.weights and len(backends) > 1:
         raise ValueError("--weights names one checkpoint: give one --backend, or put the "
                          "weights where `threer-ros weights download` does")
-    frames = load_frame_set(image_files(args.images), args.calibration, options.working_width)
+    if args.nersemble is not None:
+        if args.images or args.calibration:
+            raise ValueError("--nersemble brings its own images and calibration: give no image "
+                             "files and no --calibration with it")
+        if not (args.participant and args.sequence):
+            raise ValueError("--nersemble needs --participant and --sequence")
+        frames = nersemble_frame_set(args.nersemble, args.participant, args.sequence,
+                                     args.frame, options.working_width)
+    elif args.images:
+        frames = load_frame_set(image_files(args.images), args.calibration,
+                                options.working_width)
+    else:
+        raise ValueError("give image files or folders, or --nersemble ROOT")
     print(f"{len(frames.frames)} images: {', '.join(frames.cameras)}")
     built = {name: make_reconstructor(name, options) for name in backends}
     with tqdm(total=len(built), unit="backend", desc="reconstructing") as bar:
@@ -166,7 +195,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros reconstruct``."""
     p = command_parser(subparsers, "reconstruct",
                        "images in, PLY + poses + preview per backend out (offline)", __doc__)
-    p.add_argument("images", type=Path, nargs="+", help="image files or folders of images")
+    p.add_argument("images", type=Path, nargs="*", help="image files or folders of images")
     p.add_argument("--backend", action="append", choices=sorted(BACKENDS),
                    help="backend to run; repeat to compare several (default: the config's)")
     p.add_argument("--weights", default="", help="checkpoint of the (single) network backend "
@@ -179,4 +208,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="parameter file with the other settings (default: config/capture.yaml)")
     p.add_argument("--out", type=Path, default=Path("out/reconstruct"), help="output folder")
+    nersemble = p.add_argument_group("a NeRSemble download instead of image files")
+    nersemble.add_argument("--nersemble", type=Path, default=None, metavar="ROOT",
+                           help="the download folder (docs/bags.md)")
+    nersemble.add_argument("--participant", default="", help="participant id, e.g. 031")
+    nersemble.add_argument("--sequence", default="", help="sequence name, e.g. EXP-2-eyes")
+    nersemble.add_argument("--frame", type=int, default=0, help="timestep (default 0)")
     p.set_defaults(func=_main)

@@ -1,16 +1,28 @@
-"""Publish a camera rig's images on the node's topics: the synthetic rig (``--synthetic``).
+"""Publish camera topics for the capture node: a bag (``replay <bag>``) or the synthetic rig.
 
-The publisher behaves like a hardware-triggered rig: every period all cameras capture; each
-image's header stamp is the trigger time plus a small random offset (camera jitter), and the
-cameras' messages go out in a random order. ``CameraInfo`` accompanies every image with the
-same stamp and frame id (``<camera>_optical_frame``).
+**Bag** (``threer-ros replay capture/``): every topic of a rosbag2 bag is published with the
+recorded timing: message i goes out ``(t_i - t_first) / rate`` seconds after the start, where
+t is the log time (the header stamp in bags made by ``threer-ros bag``). QoS per topic:
+``/tf_static`` (and any topic recorded as transient-local) reliable and transient-local, so a
+node that starts later still gets the rig calibration; Image, CompressedImage and CameraInfo
+sensor-data QoS (best effort, like camera drivers); everything else reliable. Header stamps
+are kept, or with ``--restamp`` shifted so that each pass starts at the current ROS time (the
+cameras of one set keep one stamp). ``--start``/``--end`` select a window (seconds from the
+bag's first message), ``--loop`` repeats it.
+
+**Synthetic** (``--synthetic``): the publisher behaves like a hardware-triggered rig: every
+period all cameras capture; each image's header stamp is the trigger time plus a small random
+offset (camera jitter), and the cameras' messages go out in a random order. ``CameraInfo``
+accompanies every image with the same stamp and frame id (``<camera>_optical_frame``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rclpy
@@ -23,9 +35,13 @@ from std_msgs.msg import Header
 from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import save_rig_calibration
-from threer_ros.data.synthetic import SyntheticRig
+from threer_ros.data.rosbag import BagError, bag_info
+from threer_ros.ros.bag_player import BagPlayer
 from threer_ros.ros.convert import (calibration_to_camera_info_fields, encode_compressed,
                                     image_to_msg_fields)
+
+if TYPE_CHECKING:
+    from threer_ros.data.synthetic import SyntheticRig
 
 
 class SyntheticRigPublisher(Node):
@@ -88,6 +104,8 @@ class SyntheticRigPublisher(Node):
 
 
 def _run_synthetic(args: argparse.Namespace) -> int:
+    from threer_ros.data.synthetic import SyntheticRig  # torch: only for the synthetic rig
+
     params = read_parameters(args.config)
     rig = SyntheticRig.render(seed=args.seed, width=args.width, names=params["cameras"])
     if args.write_calibration:
@@ -96,7 +114,7 @@ def _run_synthetic(args: argparse.Namespace) -> int:
         print(f"wrote the synthetic rig's calibration to {args.write_calibration}")
     rclpy.init()
     node = SyntheticRigPublisher(rig, params["image_topic"], params["camera_info_topic"],
-                                 rate_hz=args.rate, jitter_s=args.jitter, count=args.count,
+                                 rate_hz=args.rate or 2.0, jitter_s=args.jitter, count=args.count,
                                  compressed=args.compressed, seed=args.seed)
     try:
         while rclpy.ok() and not node.done.is_set():
@@ -110,23 +128,80 @@ def _run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_bag(args: argparse.Namespace) -> int:
+    """Replay ``args.bag``; errors in the bag are reported before ROS starts, when possible."""
+    try:
+        info = bag_info(args.bag)
+    except BagError as exc:
+        print(f"threer-ros replay: {exc}", file=sys.stderr)
+        return 2
+    rclpy.init()
+    node = Node("threer_bag_replay")
+    stop = threading.Event()
+    try:
+        player = BagPlayer(node, info, rate=args.rate or 1.0, start_s=args.start, end_s=args.end,
+                           restamp=args.restamp, loop=args.loop)
+        if args.wait_for_subscribers:
+            node.get_logger().info("waiting for subscribers on every camera topic")
+            player.wait_for_subscribers(stop)
+        stats = player.play(stop)
+        node.get_logger().info(f"published {stats.published} messages in {stats.passes} "
+                               f"pass(es); at most {stats.max_lateness_s * 1e3:.1f} ms late")
+    except BagError as exc:
+        print(f"threer-ros replay: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if (args.bag is None) == (not args.synthetic):
+        print("threer-ros replay: give a bag or --synthetic (one of the two)", file=sys.stderr)
+        return 2
+    return _run_bag(args) if args.bag is not None else _run_synthetic(args)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros replay``."""
     p = command_parser(subparsers, "replay",
-                       "publish camera topics from a synthetic rig", __doc__)
-    p.add_argument("--synthetic", action="store_true", required=True,
-                   help="render and publish the synthetic 16-camera rig")
-    p.add_argument("--config", type=Path, default=None,
-                   help="parameter file whose camera names and topics to use "
-                        "(default: the installed config/capture.yaml)")
-    p.add_argument("--rate", type=float, default=2.0, help="sets per second (default 2)")
-    p.add_argument("--jitter", type=float, default=0.001,
-                   help="std. dev. of each camera's stamp offset in seconds (default 0.001)")
-    p.add_argument("--count", type=int, default=0, help="sets to publish (0 = until Ctrl-C)")
-    p.add_argument("--width", type=int, default=320, help="rendered image width in pixels")
-    p.add_argument("--seed", type=int, default=0, help="scene and jitter seed")
-    p.add_argument("--compressed", action="store_true", help="publish JPEG CompressedImage")
-    p.add_argument("--write-calibration", type=Path, default=None, metavar="YAML",
-                   help="also write the rig calibration file the node needs (rig_calibration)")
-    p.set_defaults(func=_run_synthetic)
-
+                       "publish camera topics from a bag or the synthetic rig", __doc__)
+    p.add_argument("bag", type=Path, nargs="?", default=None,
+                   help="rosbag2 bag to replay (folder, or .mcap / .db3 file)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="render and publish the synthetic 16-camera rig instead")
+    p.add_argument("--rate", type=float, default=None,
+                   help="bag: speed factor (default 1); synthetic: sets per second (default 2)")
+    bag = p.add_argument_group("bag replay")
+    bag.add_argument("--loop", action="store_true", help="play the bag again and again")
+    bag.add_argument("--start", type=float, default=0.0, metavar="SECONDS",
+                     help="start this many seconds after the bag's first message")
+    bag.add_argument("--end", type=float, default=None, metavar="SECONDS",
+                     help="stop this many seconds after the bag's first message")
+    bag.add_argument("--restamp", action="store_true",
+                     help="shift header stamps so that each pass starts now (default: keep)")
+    bag.add_argument("--wait-for-subscribers", action="store_true",
+                     help="start once every camera topic (images, CameraInfo) has a "
+                          "subscriber")
+    synthetic = p.add_argument_group("synthetic rig")
+    synthetic.add_argument("--config", type=Path, default=None,
+                           help="parameter file whose camera names and topics to use "
+                                "(default: the installed config/capture.yaml)")
+    synthetic.add_argument("--jitter", type=float, default=0.001,
+                           help="std. dev. of each camera's stamp offset in seconds "
+                                "(default 0.001)")
+    synthetic.add_argument("--count", type=int, default=0,
+                           help="sets to publish (0 = until Ctrl-C)")
+    synthetic.add_argument("--width", type=int, default=320,
+                           help="rendered image width in pixels")
+    synthetic.add_argument("--seed", type=int, default=0, help="scene and jitter seed")
+    synthetic.add_argument("--compressed", action="store_true",
+                           help="publish JPEG CompressedImage")
+    synthetic.add_argument("--write-calibration", type=Path, default=None, metavar="YAML",
+                           help="also write the rig calibration file the node needs "
+                                "(rig_calibration)")
+    p.set_defaults(func=_run)
