@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,7 +11,8 @@ from hypothesis import strategies as st
 from threer_ros.data.calibration import (CalibrationError, load_rig_calibration,
                                          save_rig_calibration)
 from threer_ros.data.ply import read_ply, write_ply
-from threer_ros.geometry.fusion import accuracy_completeness, voxel_downsample
+from threer_ros.geometry.fusion import (accuracy_completeness, remove_statistical_outliers,
+                                       voxel_downsample)
 from threer_ros.geometry.transforms import (invert_pose, look_at, make_pose,
                                             matrix_to_quaternion, quaternion_to_matrix,
                                             transform_points)
@@ -47,13 +49,40 @@ def test_look_at_is_an_optical_frame_looking_at_the_target_with_up_upwards():
 
 
 def test_voxel_downsampling_averages_per_voxel():
-    points = np.array([[0.1, 0.1, 0.1], [0.3, 0.3, 0.3], [1.5, 0.5, 0.5]], np.float32)
-    colors = np.array([[0, 0, 0], [100, 200, 50], [9, 9, 9]], np.uint8)
-    p, c, f = voxel_downsample(points, colors, np.array([1, 3, 5], np.float32), voxel=1.0)
+    points = torch.tensor([[0.1, 0.1, 0.1], [0.3, 0.3, 0.3], [1.5, 0.5, 0.5]])
+    colors = torch.tensor([[0, 0, 0], [100, 200, 50], [9, 9, 9]], dtype=torch.uint8)
+    p, c, f = (t.numpy() for t in voxel_downsample(points, colors, torch.tensor([1.0, 3, 5]),
+                                                   voxel=1.0))
     order = np.argsort(p[:, 0])
     np.testing.assert_allclose(p[order], [[0.2, 0.2, 0.2], [1.5, 0.5, 0.5]], atol=1e-6)
     np.testing.assert_array_equal(c[order], [[50, 100, 25], [9, 9, 9]])
     np.testing.assert_allclose(f[order], [2, 5])
+
+
+def _surface_with_outliers(seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """A voxel-averaged (2 mm) sphere of radius 0.1 m plus 1% of points 2-5 cm off it."""
+    rng = np.random.default_rng(seed)
+    directions = rng.normal(size=(60_000, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    radius = np.full(len(directions), 0.1)
+    off = rng.random(len(directions)) < 0.01
+    radius[off] += rng.uniform(0.02, 0.05, off.sum())
+    points = torch.from_numpy(directions * radius[:, None])
+    n = len(points)
+    voxelised, _, _ = voxel_downsample(points, torch.zeros(n, 3, dtype=torch.uint8),
+                                       torch.zeros(n), voxel=0.002)
+    truth = np.abs(np.linalg.norm(voxelised.numpy(), axis=1) - 0.1) > 0.01
+    return voxelised, truth
+
+
+def test_the_outlier_test_on_the_voxel_grid_agrees_with_the_exact_search():
+    points, off_surface = _surface_with_outliers()
+    exact = remove_statistical_outliers(points, neighbours=16, std_ratio=2.0).numpy()
+    grid = remove_statistical_outliers(points, neighbours=16, std_ratio=2.0, cell=0.004).numpy()
+    assert off_surface.sum() > 100
+    assert not grid[off_surface].any() and not exact[off_surface].any()   # every outlier goes
+    assert grid[~off_surface].mean() > 0.97                             # the surface stays
+    assert (grid == exact).mean() > 0.97
 
 
 def test_accuracy_and_completeness_against_a_known_offset():

@@ -6,7 +6,9 @@ configuration is warmed up, then timed with CUDA events (wall clock on CPU); the
 the median and the peak GPU memory, as a table and as JSON.
 
 ``bench backends`` runs reconstruction backends on the synthetic 16-camera rig and reports the
-median time of each stage.
+median time of each stage and the peak GPU memory (network backends: the released
+architecture's time with random weights, the alignment of ground-truth pointmaps; see
+:class:`ReleasedWithOracle`).
 
 ``bench parity`` runs the parity fixtures on the device in fp32 and bf16 and reports the largest
 error against the official outputs, relative to each output's range.
@@ -15,6 +17,7 @@ error against the official outputs, relative to each output's range.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -83,13 +86,20 @@ def _timed(fn, device: torch.device) -> float:
 
 
 def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, width: int,
-                device: torch.device, repeats: int = 10, warmup: int = 3) -> BenchResult:
-    """Build ``RELEASED[name]`` with random weights on ``device`` and time its forward."""
+                device: torch.device, repeats: int = 10, warmup: int = 3,
+                compiled: bool = False, profile_rows: int = 0) -> BenchResult:
+    """Build ``RELEASED[name]`` with random weights on ``device`` and time its forward.
+
+    ``compiled`` wraps the model in ``torch.compile`` (the warm-up includes the compilation);
+    ``profile_rows > 0`` prints the operators taking the most device time in one more forward.
+    """
     torch.manual_seed(0)
     param_dtype = PRECISIONS[dtype][0]
     with device:
         model = build_model(RELEASED[name])
     model = model.to(dtype=param_dtype).eval()
+    if compiled:
+        model = torch.compile(model)
     g = torch.Generator().manual_seed(0)
     inputs = (_views(views, 1, height, width, device, param_dtype, g) if name == "fast3r"
               else _views(2, pairs, height, width, device, param_dtype, g))
@@ -102,10 +112,27 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
             ms = _timed(lambda: _forward(name, model, inputs), device)
             if i >= warmup:
                 times.append(ms)
+        if profile_rows > 0:
+            print_profile(lambda: _forward(name, model, inputs), device, profile_rows)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    return BenchResult(name, dtype, views if name == "fast3r" else 2,
-                       0 if name == "fast3r" else pairs, height, width,
-                       statistics.median(times), min(times), peak, repeats)
+    return BenchResult(name, dtype + ("+compile" if compiled else ""),
+                       views if name == "fast3r" else 2, 0 if name == "fast3r" else pairs,
+                       height, width, statistics.median(times), min(times), peak, repeats)
+
+
+def print_profile(fn, device: torch.device, rows: int) -> None:
+    """Run ``fn`` once under ``torch.profiler`` and print the ``rows`` operators with the most
+    device (CUDA) or CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows), flush=True)
 
 
 def fixture_inputs(data, prefix: str, device: str | torch.device = "cpu",
@@ -168,15 +195,53 @@ def parity_errors(fixtures: Path, device: torch.device) -> list[dict]:
     return rows
 
 
+class ReleasedWithOracle(torch.nn.Module):
+    """The released architecture (random weights) for the time, the synthetic rig's ground
+    truth for the answer: random weights give degenerate geometry, which would time the
+    alignment on nonsense. Outputs come in the layout the released network would give."""
+
+    def __init__(self, released: torch.nn.Module, oracle: torch.nn.Module) -> None:
+        super().__init__()
+        self.released, self.oracle = released, oracle
+        self.landscape_only = bool(getattr(released, "landscape_only", False))
+        if hasattr(released, "forward_pairs"):
+            self.forward_pairs = self._forward_pairs
+
+    def forward(self, *views):
+        self.released(*views)
+        return self.oracle(*views)
+
+    def _forward_pairs(self, view: dict, first: torch.Tensor, second: torch.Tensor, **kwargs):
+        self.released.forward_pairs(view, first, second, **kwargs)
+        res = self.oracle(*({"instance": [view["instance"][i] for i in index.tolist()]}
+                            for index in (first, second)))
+        height, width = (int(v) for v in view["true_shape"][0])
+        if self.landscape_only and height > width:      # portrait given transposed
+            res = tuple({k: v.transpose(1, 2) for k, v in r.items()} for r in res)
+        return res
+
+
 def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
-                  warmup: int = 1) -> dict:
-    """Median seconds per stage of backend ``name`` on the synthetic 16-camera rig."""
+                  warmup: int = 1, alignment: str = "auto", cameras: int = 16,
+                  pair_graph: str = "knn") -> dict:
+    """Median seconds per stage of backend ``name`` on the synthetic rig (``cameras`` portrait
+    cameras, ``width`` pixels wide) and the peak GPU memory.
+
+    Network backends run the released architecture with random weights in bf16 (CUDA) for the
+    network stage, and align the synthetic rig's ground-truth pointmaps
+    (:class:`ReleasedWithOracle`) at 512 pixels.
+    """
     from threer_ros.data.synthetic import SyntheticRig
     from threer_ros.pipeline.backends import BackendOptions, make_reconstructor
 
-    frames = SyntheticRig.render(seed=0, width=width).frame_set(0)
-    backend = make_reconstructor(name, BackendOptions(device=str(device), working_width=width))
+    frames = SyntheticRig.render(seed=0, width=width, count=cameras).frame_set(0)
+    options = BackendOptions(device=str(device), working_width=width, alignment=alignment,
+                             pair_graph=pair_graph)
+    backend = make_reconstructor(name, options) if name == "mvs" else \
+        _network_backend(name, frames, options, device)
     stages: dict[str, list[float]] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -187,9 +252,34 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
             for stage, seconds in {**recon.timings_s, "total": total}.items():
                 stages.setdefault(stage, []).append(seconds)
     height = frames.frames[0].image.shape[0]
-    return {"backend": name, "cameras": len(frames.frames), "width": width, "height": height,
-            "points": len(recon.points),
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    return {"backend": name, "alignment": alignment, "pair_graph": pair_graph,
+            "cameras": len(frames.frames), "width": width, "height": height,
+            "points": len(recon.points), "peak_gib": peak,
             "median_ms": {k: 1e3 * statistics.median(v) for k, v in stages.items()}}
+
+
+def _network_backend(name: str, frames, options, device: torch.device):
+    """A network backend whose network is :class:`ReleasedWithOracle`."""
+    from threer_ros.pipeline.fast3r import Fast3RReconstructor
+    from threer_ros.pipeline.network import network_dtype
+    from threer_ros.pipeline.oracle import OracleFast3R, OraclePairNetwork
+    from threer_ros.pipeline.pairwise import (MASt3RReconstructor, PairSettings,
+                                              Pow3RReconstructor)
+
+    settings = options.network_settings()
+    torch.manual_seed(0)
+    with device:
+        released = build_model(RELEASED[name])
+    released = released.to(dtype=network_dtype("auto", str(device))).eval()
+    if name == "fast3r":
+        oracle = OracleFast3R(frames, settings.image_size, device=str(device))
+        return Fast3RReconstructor(ReleasedWithOracle(released, oracle), settings)
+    oracle = OraclePairNetwork(frames, settings.image_size, descriptors=name == "mast3r",
+                               device=str(device))
+    cls = MASt3RReconstructor if name == "mast3r" else Pow3RReconstructor
+    pairs = PairSettings(options.pair_graph, options.graph_neighbours, options.pair_batch)
+    return cls(ReleasedWithOracle(released, oracle), settings, pairs)
 
 
 def environment() -> dict[str, str]:
@@ -208,12 +298,20 @@ def _run(args: argparse.Namespace) -> int:
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.what == "backends":
-        rows = [bench_backend(b, w, device, repeats=args.repeats, warmup=args.warmup)
-                for b in args.backends for w in args.widths]
-        for r in rows:
-            stages = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
-            print(f"{r['backend']:6s} {r['cameras']} cameras {r['width']}x{r['height']}: "
-                  f"{stages} ms ({r['points']} points)", flush=True)
+        rows = []
+        for b, w in itertools.product(args.backends, args.widths):
+            for alignment, graph, cameras in itertools.product(
+                    ["auto"] if b == "mvs" else args.alignments,
+                    args.graphs if b in ("mast3r", "pow3r") else ["knn"], args.cameras):
+                r = bench_backend(b, w, device, args.repeats, args.warmup, alignment, cameras,
+                                  graph)
+                rows.append(r)
+                stages = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
+                print(f"{b:6s} {alignment:5s} {graph:9s} {r['cameras']} cameras "
+                      f"{r['width']}x{r['height']}: {stages} ms ({r['points']} points, peak "
+                      f"{r['peak_gib']:.2f} GiB)", flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
         if args.json:
             args.json.write_text(json.dumps({"environment": environment(),
                                              "command": " ".join(sys.argv), "rows": rows},
@@ -232,10 +330,11 @@ def _run(args: argparse.Namespace) -> int:
     results = []
     for name in args.models:
         counts = args.views if name == "fast3r" else [args.pairs]
-        for dtype in args.dtypes:
+        for dtype, compiled in itertools.product(args.dtypes, args.compile):
             for n in counts:
                 r = bench_model(name, dtype, n, args.pairs, height, width, device,
-                                repeats=args.repeats, warmup=args.warmup)
+                                repeats=args.repeats, warmup=args.warmup,
+                                compiled=compiled == "on", profile_rows=args.profile)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 results.append(r)
@@ -260,7 +359,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "fp32/bf16 on the parity fixtures against the official outputs")
     p.add_argument("--backends", nargs="+", default=["mvs"], help="backends for 'backends'")
     p.add_argument("--widths", nargs="+", type=int, default=[320],
-                   help="image widths for 'backends' (16 portrait cameras)")
+                   help="image widths for 'backends' (portrait cameras)")
+    p.add_argument("--cameras", nargs="+", type=int, default=[16],
+                   help="camera counts for 'backends' (default 16)")
+    p.add_argument("--alignments", nargs="+", default=["fast", "full"],
+                   choices=["fast", "full"], help="alignment of the network backends")
+    p.add_argument("--graphs", nargs="+", default=["knn"], choices=["complete", "knn", "reference"],
+                   help="pair graphs of mast3r/pow3r for 'backends'")
     p.add_argument("--fixtures", type=Path, default=Path("../shared/fixtures/parity"),
                    help="parity fixtures folder (for 'parity')")
     p.add_argument("--models", nargs="+", default=["fast3r", "mast3r", "pow3r"],
@@ -270,6 +375,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Fast3R view counts (default 16)")
     p.add_argument("--pairs", type=int, default=16, help="pairs per batch for pairwise models")
     p.add_argument("--size", default="512x384", help="image WIDTHxHEIGHT (multiples of 16)")
+    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
+                   help="models: torch.compile off and/or on (each a configuration)")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="models: print the ROWS most expensive operators of one forward")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")

@@ -1,52 +1,104 @@
 """Point-cloud fusion and evaluation: per-view fusion with confidence filtering, voxel
 down-sampling, statistical outlier removal, and accuracy metrics (all in metres or the unit of
-the points)."""
+the points).
+
+Fusion runs in PyTorch on the device the points are on (the GPU for the network backends), so
+that a million-point cloud is fused in milliseconds rather than seconds on the CPU.
+"""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+#: Points per chunk of the outlier test's neighbour search (bounds its memory: ~1 KB a point).
+_CHUNK = 1 << 18
+#: The 27 cell offsets of a 3 x 3 x 3 block of grid cells.
+_BLOCK = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)))
 
 
-def voxel_downsample(points: np.ndarray, colors: np.ndarray, confidence: np.ndarray,
-                     voxel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Average points, colours and confidences per cubic voxel of edge ``voxel`` (metres).
+def _cell_keys(cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One int64 key per integer cell of ``cells`` (P, 3), and the key offsets of the 27
+    cells of the 3 x 3 x 3 block around a cell (the grid leaves room for them)."""
+    cells = cells - cells.min(dim=0).values + 1
+    extent = cells.max(dim=0).values + 2
+    steps = torch.stack((extent[1] * extent[2], extent[2], torch.ones_like(extent[2])))
+    return (cells * steps).sum(dim=1), (_BLOCK.to(cells.device) * steps).sum(dim=1)
 
-    Returns the inputs unchanged when ``voxel <= 0`` or the cloud is empty.
-    """
+
+def voxel_downsample(points: torch.Tensor, colors: torch.Tensor, confidence: torch.Tensor,
+                     voxel: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Average points ``(P, 3)``, uint8 colours ``(P, 3)`` and confidences ``(P,)`` per cubic
+    voxel of edge ``voxel`` (metres), on their device. Returns the inputs unchanged when
+    ``voxel <= 0`` or the cloud is empty."""
     if voxel <= 0 or len(points) == 0:
         return points, colors, confidence
-    cells = np.floor(points / voxel).astype(np.int64)
-    cells -= cells.min(axis=0)
-    extent = cells.max(axis=0) + 1
-    keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-
-    def mean(values: np.ndarray) -> np.ndarray:
-        columns = values.reshape(len(values), -1).astype(np.float64)
-        sums = np.stack([np.bincount(inverse, weights=c, minlength=len(counts))
-                         for c in columns.T], axis=1)
-        return (sums / counts[:, None]).reshape((len(counts),) + values.shape[1:])
-
-    return (mean(points).astype(np.float32), np.round(mean(colors)).astype(np.uint8),
-            mean(confidence).astype(np.float32))
+    keys, _ = _cell_keys(torch.floor(points / voxel).long())
+    _, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
+    values = torch.cat((points.double(), colors.double(), confidence.double()[:, None]), dim=1)
+    sums = torch.zeros(len(counts), values.shape[1], dtype=torch.float64, device=points.device)
+    means = sums.index_add_(0, inverse, values) / counts[:, None]
+    return (means[:, :3].float(), means[:, 3:6].round().to(torch.uint8), means[:, 6].float())
 
 
-def remove_statistical_outliers(points: np.ndarray, neighbours: int = 16,
-                                std_ratio: float = 2.0) -> np.ndarray:
-    """Mask of points to keep: those whose mean distance to their ``neighbours`` nearest
-    points is at most ``mean + std_ratio * std`` of that statistic over the cloud.
+def remove_statistical_outliers(points: torch.Tensor, neighbours: int = 16,
+                                std_ratio: float = 2.0, cell: float = 0.0) -> torch.Tensor:
+    """Mask of points ``(P, 3)`` to keep: those whose mean distance to their ``neighbours``
+    nearest points is at most ``mean + std_ratio * std`` of that statistic over the cloud.
 
-    Returns all-True when the cloud has at most ``neighbours`` points or ``neighbours <= 0``.
+    With ``cell > 0`` neighbours are searched on the device in the 3 x 3 x 3 grid cells of
+    edge ``cell`` around each point, at most 8 points a cell: exact for a cloud voxel-averaged
+    at ``cell / 2`` (each such cell holds at most 8 voxels) as far as the ``neighbours``
+    nearest lie within ``cell`` of the point; a neighbour not found there counts at distance
+    ``2 * cell``, so isolated points stand out. With ``cell <= 0`` the exact k-d tree search
+    runs on the CPU. Returns all-True when the cloud has at most ``neighbours`` points or
+    ``neighbours <= 0``.
     """
     if neighbours <= 0 or len(points) <= neighbours:
-        return np.ones(len(points), dtype=bool)
-    from scipy.spatial import cKDTree
+        return torch.ones(len(points), dtype=torch.bool, device=points.device)
+    if cell > 0:
+        mean_distance = _grid_mean_neighbour_distance(points, neighbours, cell)
+    else:
+        from scipy.spatial import cKDTree
 
-    distances, _ = cKDTree(points).query(points, k=neighbours + 1)
-    mean_distance = distances[:, 1:].mean(axis=1)
-    return mean_distance <= mean_distance.mean() + std_ratio * mean_distance.std()
+        cpu = points.detach().cpu().numpy()
+        distances, _ = cKDTree(cpu).query(cpu, k=neighbours + 1, workers=-1)
+        mean_distance = torch.from_numpy(distances[:, 1:].mean(axis=1)).to(points.device)
+    return mean_distance <= mean_distance.mean() + std_ratio * mean_distance.std(correction=0)
+
+
+def _grid_mean_neighbour_distance(points: torch.Tensor, neighbours: int,
+                                  cell: float) -> torch.Tensor:
+    """Mean distance of each point to its ``neighbours`` nearest within its 3 x 3 x 3 cells
+    (see :func:`remove_statistical_outliers`)."""
+    device, slots = points.device, 8
+    keys, offsets = _cell_keys(torch.floor(points / cell).long())
+    order = torch.argsort(keys)
+    cell_keys, counts = torch.unique_consecutive(keys[order], return_counts=True)
+    # table[c, j] = index of the j-th point of cell c (-1: empty slot)
+    cell_of = torch.repeat_interleave(torch.arange(len(cell_keys), device=device), counts)
+    rank = torch.arange(len(order), device=device) - (torch.cumsum(counts, 0) - counts)[cell_of]
+    fits = rank < slots
+    table = torch.full((len(cell_keys), slots), -1, dtype=torch.long, device=device)
+    table[cell_of[fits], rank[fits]] = order[fits]
+    mean = torch.empty(len(points), dtype=torch.float32, device=device)
+    missing = 2.0 * cell
+    for begin in range(0, len(points), _CHUNK):
+        chunk = slice(begin, begin + _CHUNK)
+        wanted = keys[chunk, None] + offsets                              # (C, 27)
+        where = torch.searchsorted(cell_keys, wanted).clamp(max=len(cell_keys) - 1)
+        found = cell_keys[where] == wanted
+        candidates = torch.where(found[..., None], table[where], -1).flatten(1)   # (C, 216)
+        own = torch.arange(begin, begin + len(wanted), device=device)[:, None]
+        valid = (candidates >= 0) & (candidates != own)
+        d = (points[candidates.clamp(min=0)] - points[chunk, None]).norm(dim=-1)
+        d = torch.where(valid, d, torch.full_like(d, float("inf")))
+        nearest = torch.topk(d, neighbours, dim=1, largest=False).values
+        mean[chunk] = torch.where(torch.isinf(nearest), missing, nearest).mean(dim=1)
+    return mean
 
 
 @dataclass(frozen=True)
@@ -66,17 +118,22 @@ class FusionSettings:
     outlier_std_ratio: float = 2.0
 
 
-def fuse_points(points: np.ndarray, colors: np.ndarray, confidence: np.ndarray,
+def fuse_points(points: torch.Tensor, colors: torch.Tensor, confidence: torch.Tensor,
                 settings: FusionSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fuse ``(P, 3)`` points with their ``(P, 3)`` uint8 colours and ``(P,)`` confidences:
-    drop non-finite and low-confidence points, voxel-average, remove statistical outliers."""
-    keep = np.isfinite(points).all(axis=1) & (confidence >= settings.confidence_threshold)
+    """Fuse ``(P, 3)`` points with their ``(P, 3)`` uint8 colours and ``(P,)`` confidences
+    (tensors on one device): drop non-finite and low-confidence points, voxel-average, remove
+    statistical outliers (neighbours searched on the voxel grid for a voxel-averaged cloud on a
+    GPU, by a k-d tree otherwise). Returns
+    float32 points, uint8 colours and float32 confidences as numpy arrays."""
+    keep = torch.isfinite(points).all(dim=1) & (confidence >= settings.confidence_threshold)
     points, colors, confidence = voxel_downsample(points[keep], colors[keep], confidence[keep],
                                                   settings.voxel_size)
+    on_gpu = points.device.type != "cpu"      # the k-d tree is faster on a CPU, the grid on a GPU
     inliers = remove_statistical_outliers(points, settings.outlier_neighbours,
-                                          settings.outlier_std_ratio)
-    return (points[inliers].astype(np.float32), colors[inliers].astype(np.uint8),
-            confidence[inliers].astype(np.float32))
+                                          settings.outlier_std_ratio,
+                                          cell=2.0 * settings.voxel_size if on_gpu else 0.0)
+    return (points[inliers].float().cpu().numpy(), colors[inliers].cpu().numpy(),
+            confidence[inliers].float().cpu().numpy())
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,12 @@ class Similarity:
     rotation: np.ndarray
     translation: np.ndarray
 
-    def apply(self, points: np.ndarray) -> np.ndarray:
-        """Map ``(..., 3)`` points."""
+    def apply(self, points: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Map ``(..., 3)`` points: a numpy array, or a tensor (on its device and dtype)."""
+        if isinstance(points, torch.Tensor):
+            rotation, translation = (torch.as_tensor(v, dtype=points.dtype, device=points.device)
+                                     for v in (self.rotation, self.translation))
+            return self.scale * points @ rotation.T + translation
         return self.scale * points @ self.rotation.T + self.translation
 
     def apply_to_poses(self, cam_to_world: np.ndarray) -> np.ndarray:

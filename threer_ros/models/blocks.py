@@ -21,11 +21,17 @@ from torch import nn
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
 
 
+#: Patch rows/columns the RoPE tables cover: images up to 16384 pixels at patch size 16.
+MAX_PATCH_POSITIONS = 1024
+
+
 class RoPE2D(nn.Module):
     """2D rotary position embedding (rotate-half convention, no parameters).
 
     The first half of each head's channels rotates with the patch row, the second half with the
     patch column. Frequencies are ``base ** (-arange(0, D, 2) / D)`` with ``D = head_dim / 2``.
+    The cos/sin tables cover :data:`MAX_PATCH_POSITIONS` positions, so no forward waits for the
+    device to report the largest position.
     """
 
     def __init__(self, base: float = 100.0) -> None:
@@ -33,35 +39,27 @@ class RoPE2D(nn.Module):
         self.base = base
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _cos_sin(self, dim: int, length: int, device: torch.device,
+    def _cos_sin(self, dim: int, device: torch.device,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (dim, length, device, dtype)
+        key = (dim, device, dtype)
         if key not in self._cache:
             inv_freq = 1.0 / (self.base ** (torch.arange(0, dim, 2, device=device).float() / dim))
-            angles = torch.outer(torch.arange(length, device=device, dtype=inv_freq.dtype),
-                                 inv_freq)
+            angles = torch.outer(torch.arange(MAX_PATCH_POSITIONS, device=device,
+                                              dtype=inv_freq.dtype), inv_freq)
             angles = torch.cat((angles, angles), dim=-1)
             self._cache[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
         return self._cache[key]
 
-    @staticmethod
-    def _rotate(tokens: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> torch.Tensor:
-        # tokens (B, H, N, D); pos (B, N) -> cos/sin (B, 1, N, D)
-        c = F.embedding(pos, cos)[:, None]
-        s = F.embedding(pos, sin)[:, None]
-        half = tokens.shape[-1] // 2
-        rotated = torch.cat((-tokens[..., half:], tokens[..., :half]), dim=-1)
-        return tokens * c + rotated * s
-
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotate ``tokens`` (B, heads, N, head_dim) by ``positions`` (B, N, 2) = (row, col)."""
-        half = tokens.shape[-1] // 2
-        length = int(positions.max()) + 1
-        cos, sin = self._cos_sin(half, length, tokens.device, tokens.dtype)
-        rows = self._rotate(tokens[..., :half], positions[..., 0], cos, sin)
-        cols = self._rotate(tokens[..., half:], positions[..., 1], cos, sin)
-        return torch.cat((rows, cols), dim=-1)
+        cos, sin = self._cos_sin(tokens.shape[-1] // 2, tokens.device, tokens.dtype)
+        rows, cols = positions[..., 0], positions[..., 1]
+        c = torch.cat((cos[rows], cos[cols]), dim=-1)[:, None]      # (B, 1, N, head_dim)
+        s = torch.cat((sin[rows], sin[cols]), dim=-1)[:, None]
+        # rotate-half within each (row, column) half: (a, b) -> (-b, a) per quarter pair
+        quarters = tokens.unflatten(-1, (2, 2, tokens.shape[-1] // 4))
+        rotated = torch.stack((-quarters[..., 1, :], quarters[..., 0, :]), dim=-2).flatten(-3)
+        return tokens * c + rotated * s
 
 
 def make_rope(pos_embed: str) -> RoPE2D:

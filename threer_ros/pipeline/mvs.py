@@ -160,11 +160,11 @@ class PlaneSweepReconstructor:
         points, colors, confidence = [], [], []
         for i in range(len(images)):
             points.append(backproject(depth[i].double(), K[i].to(dev), T[i].to(dev), keep[i])
-                          .float().cpu().numpy())
-            colors.append(frames.frames[i].image[keep[i].cpu().numpy()])
-            confidence.append(score[i][keep[i]].float().cpu().numpy())
-        fused = voxel_downsample(np.concatenate(points), np.concatenate(colors),
-                                 np.concatenate(confidence), s.voxel_size)
+                          .float())
+            colors.append(torch.from_numpy(frames.frames[i].image).to(dev)[keep[i]])
+            confidence.append(score[i][keep[i]].float())
+        fused = [t.cpu().numpy() for t in voxel_downsample(
+            torch.cat(points), torch.cat(colors), torch.cat(confidence), s.voxel_size)]
         timings["fusion"] = time.perf_counter() - t0
         return Reconstruction(points=fused[0], colors=fused[1], confidence=fused[2],
                               cameras=frames.cameras, cam_to_rig=poses,

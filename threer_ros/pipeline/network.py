@@ -176,7 +176,7 @@ def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tens
     """
     info = dict(info or {})
     t0 = time.perf_counter()
-    pts = points.double().reshape(-1, 3).cpu().numpy()
+    pts = points.double().reshape(-1, 3)
     poses = cam_to_world
     if not from_calibration and settings.use_calibration and images.cam_to_rig is not None:
         if len(poses) < 3:
@@ -186,8 +186,8 @@ def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tens
         pts = to_rig.apply(pts)
         poses, from_calibration = images.cam_to_rig, True
         info.update(disagreement.summary(), rig_scale=to_rig.scale)
-    fused = fuse_points(pts, images.colors.reshape(-1, 3),
-                        confidence.float().reshape(-1).cpu().numpy(), settings.fusion)
+    colors = torch.from_numpy(images.colors.reshape(-1, 3)).to(pts.device)
+    fused = fuse_points(pts, colors, confidence.float().reshape(-1), settings.fusion)
     timings["fusion"] = time.perf_counter() - t0
     return Reconstruction(*fused, cameras=images.cameras, cam_to_rig=np.asarray(poses),
                           intrinsics=np.asarray(intrinsics, dtype=np.float64), stamp_ns=stamp_ns,

@@ -7,6 +7,7 @@ confidence :data:`HEAD_CONFIDENCE`, backdrop pixels :data:`BACKDROP_CONFIDENCE`.
 network, the oracles answer in their own unit: every output is divided by ``unit`` (metres per
 network unit), and each pair additionally by its own factor, so alignment must recover scale.
 Views are identified by their ``instance`` (camera name), as the official view dicts carry.
+The ground truth is computed once, at construction, and kept on ``device``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class _Oracle(nn.Module):
     """Per-camera ground truth at the network resolution of ``frames`` (see module doc)."""
 
     def __init__(self, frames: FrameSet, image_size: int, unit: float,
-                 perturbation: Perturbation) -> None:
+                 perturbation: Perturbation, device: str = "cpu") -> None:
         super().__init__()
         images = prepare_network_images(frames, image_size, "cpu")
         if images.intrinsics is None or images.cam_to_rig is None:
@@ -86,9 +87,10 @@ class _Oracle(nn.Module):
             wrong = torch.from_numpy(rng.random((h, w)) < perturbation.outliers) & \
                 (conf == HEAD_CONFIDENCE)
             factor = torch.where(wrong, torch.from_numpy(rng.uniform(0.5, 1.5, (h, w))), factor)
-            self.world[name] = centre + offset * factor[..., None]
-            self.conf[name] = conf.float()
-        self.anchor = nn.Parameter(torch.zeros(()))     # gives the module a dtype and device
+            self.world[name] = (centre + offset * factor[..., None]).to(device)
+            self.conf[name] = conf.float().to(device)
+        self.poses = {name: pose.to(device) for name, pose in self.poses.items()}
+        self.anchor = nn.Parameter(torch.zeros((), device=device))  # the module's dtype/device
 
     def in_frame(self, name: str, frame: str) -> torch.Tensor:
         """Camera ``name``'s points in camera ``frame``'s optical frame, network units."""
@@ -105,8 +107,8 @@ class OracleFast3R(_Oracle):
     the first view's frame, from the synthetic rig's ground truth."""
 
     def __init__(self, frames: FrameSet, image_size: int, unit: float = 0.4,
-                 perturbation: Perturbation = Perturbation()) -> None:
-        super().__init__(frames, image_size, unit, perturbation)
+                 perturbation: Perturbation = Perturbation(), device: str = "cpu") -> None:
+        super().__init__(frames, image_size, unit, perturbation, device)
 
     def forward(self, views: list[dict]) -> list[dict[str, torch.Tensor]]:
         names = [v["instance"][0] for v in views]
@@ -126,12 +128,13 @@ class OraclePairNetwork(_Oracle):
 
     def __init__(self, frames: FrameSet, image_size: int, unit: float = 0.4,
                  perturbation: Perturbation = Perturbation(), descriptors: bool = False,
-                 descriptor_dim: int = 24) -> None:
-        super().__init__(frames, image_size, unit, perturbation)
+                 descriptor_dim: int = 24, device: str = "cpu") -> None:
+        super().__init__(frames, image_size, unit, perturbation, device)
         generator = torch.Generator().manual_seed(perturbation.seed)
         # random Fourier features of the position: ~1 cm wavelength so nearby points differ
-        self.frequencies = torch.randn(3, descriptor_dim // 2, generator=generator,
-                                       dtype=torch.float64) * 60.0 if descriptors else None
+        self.frequencies = (torch.randn(3, descriptor_dim // 2, generator=generator,
+                                        dtype=torch.float64) * 60.0).to(device) \
+            if descriptors else None
 
     def pair_scale(self, first: str, second: str) -> float:
         """The pair's own unit factor, in [0.8, 1.25), deterministic in the pair."""
