@@ -54,9 +54,10 @@ def test_offline_download_fails_at_once_and_says_where_to_put_files(monkeypatch,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError, match="offline.*config.json and model.safetensors"):
         download_weights("mast3r")
-    assert cli.main(["weights", "download", "pow3r"]) == 1
+    assert cli.main(["weights", "download", "pow3r", "fast3r"]) == 1
     err = capsys.readouterr().err
-    assert str(weights_dir() / ENTRIES["pow3r"].local_name) in err
+    for name in ("pow3r", "fast3r"):             # each named weight is tried and explained
+        assert str(weights_dir() / ENTRIES[name].local_name) in err
 
 
 def test_missing_weights_explain_how_to_get_them():

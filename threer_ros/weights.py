@@ -195,13 +195,16 @@ def _list(_args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    try:
-        path = download_weights(args.name, progress=not args.quiet)
-    except WeightsError as exc:
-        print(f"threer-ros weights: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.name}: {path}")
-    return 0
+    status = 0
+    for name in dict.fromkeys(args.names):
+        try:
+            path = download_weights(name, progress=not args.quiet)
+        except WeightsError as exc:
+            print(f"threer-ros weights: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{name}: {path}")
+    return status
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -211,6 +214,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     sub.add_parser("list", help="show which weights are present").set_defaults(func=_list)
     d = sub.add_parser("download", help="fetch the official weights")
-    d.add_argument("name", choices=sorted(ENTRIES))
+    d.add_argument("names", nargs="+", choices=sorted(ENTRIES), metavar="NAME",
+                   help=f"one or more of {', '.join(sorted(ENTRIES))}")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_download)
