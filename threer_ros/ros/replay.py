@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import rclpy
@@ -103,6 +104,22 @@ class SyntheticRigPublisher(Node):
             self._remaining -= 1
 
 
+@contextmanager
+def _running(make_node: Callable[[], Node]) -> Iterator[Node]:
+    """ROS initialised around the node ``make_node()`` makes; Ctrl-C and an external shutdown
+    end the block quietly, and the node and ROS are shut down either way."""
+    rclpy.init()
+    node = make_node()
+    try:
+        yield node
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
 def _run_synthetic(args: argparse.Namespace) -> int:
     from threer_ros.data.synthetic import SyntheticRig  # torch: only for the synthetic rig
 
@@ -112,19 +129,12 @@ def _run_synthetic(args: argparse.Namespace) -> int:
         save_rig_calibration(args.write_calibration, params["output_frame"],
                              {v.name: v.calibration for v in rig.views})
         print(f"wrote the synthetic rig's calibration to {args.write_calibration}")
-    rclpy.init()
-    node = SyntheticRigPublisher(rig, params["image_topic"], params["camera_info_topic"],
-                                 rate_hz=args.rate or 2.0, jitter_s=args.jitter, count=args.count,
-                                 compressed=args.compressed, seed=args.seed)
-    try:
+    with _running(lambda: SyntheticRigPublisher(
+            rig, params["image_topic"], params["camera_info_topic"], rate_hz=args.rate or 2.0,
+            jitter_s=args.jitter, count=args.count, compressed=args.compressed,
+            seed=args.seed)) as node:
         while rclpy.ok() and not node.done.is_set():
             rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
     return 0
 
 
@@ -135,27 +145,20 @@ def _run_bag(args: argparse.Namespace) -> int:
     except BagError as exc:
         print(f"threer-ros replay: {exc}", file=sys.stderr)
         return 2
-    rclpy.init()
-    node = Node("threer_bag_replay")
     stop = threading.Event()
-    try:
-        player = BagPlayer(node, info, rate=args.rate or 1.0, start_s=args.start, end_s=args.end,
-                           restamp=args.restamp, loop=args.loop)
-        if args.wait_for_subscribers:
-            node.get_logger().info("waiting for subscribers on every camera topic")
-            player.wait_for_subscribers(stop)
-        stats = player.play(stop)
+    with _running(lambda: Node("threer_bag_replay")) as node:
+        try:
+            player = BagPlayer(node, info, rate=args.rate or 1.0, start_s=args.start,
+                               end_s=args.end, restamp=args.restamp, loop=args.loop)
+            if args.wait_for_subscribers:
+                node.get_logger().info("waiting for subscribers on every camera topic")
+                player.wait_for_subscribers(stop)
+            stats = player.play(stop)
+        except BagError as exc:
+            print(f"threer-ros replay: {exc}", file=sys.stderr)
+            return 2
         node.get_logger().info(f"published {stats.published} messages in {stats.passes} "
                                f"pass(es); at most {stats.max_lateness_s * 1e3:.1f} ms late")
-    except BagError as exc:
-        print(f"threer-ros replay: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
     return 0
 
 
