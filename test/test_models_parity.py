@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from threer_ros.bench import fixture_inputs, run_parity_case
-from threer_ros.models import load_model
+from threer_ros.models import compile_blocks, load_model
 from threer_ros.models.fast3r import draw_image_ids
 from threer_ros.models.pow3r import encode_priors
 
@@ -148,3 +148,16 @@ def test_encoding_each_image_once_gives_the_pairwise_outputs(model_name, portrai
         assert set(ours) == set(theirs)
         for key in theirs:
             torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_blocks_give_the_official_outputs():
+    """``compile_network`` (torch.compile of every block and head) changes speed, not results:
+    the first Fast3R parity case through the compiled network (CPU, fp32)."""
+    for model_name in ("fast3r",):
+        model = load_model(_checkpoint(model_name))
+        assert compile_blocks(model) >= 4
+        data = np.load(PARITY / model_name / _cases(model_name)[0][1])
+        ours = run_parity_case(model_name, model, data)
+        for key in (k for k in data.files if k.startswith("out.")):
+            np.testing.assert_allclose(ours[key].numpy(), data[key], err_msg=key,
+                                       rtol=1e-4, atol=1e-4)

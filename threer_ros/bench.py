@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from threer_ros.cli import command_parser
-from threer_ros.models import build_model
+from threer_ros.models import build_model, compile_blocks
 from threer_ros.models.released import RELEASED
 
 #: Precision modes: name -> (parameter dtype, autocast dtype or None). ``bf16`` casts the
@@ -223,23 +223,25 @@ class ReleasedWithOracle(torch.nn.Module):
 
 def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
                   warmup: int = 1, alignment: str = "auto", cameras: int = 16,
-                  pair_graph: str = "knn") -> dict:
+                  pair_graph: str = "knn", compiled: bool = False) -> dict:
     """Median seconds per stage of backend ``name`` on the synthetic rig (``cameras`` portrait
     cameras, ``width`` pixels wide) and the peak GPU memory.
 
     Network backends run the released architecture with random weights in bf16 (CUDA) for the
     network stage, and align the synthetic rig's ground-truth pointmaps
-    (:class:`ReleasedWithOracle`) at 512 pixels.
+    (:class:`ReleasedWithOracle`) at 512 pixels; ``compiled`` compiles its blocks and heads.
+    Also reports the growth of allocated GPU memory from the first timed set to the last.
     """
     from threer_ros.data.synthetic import SyntheticRig
     from threer_ros.pipeline.backends import BackendOptions, make_reconstructor
 
     frames = SyntheticRig.render(seed=0, width=width, count=cameras).frame_set(0)
     options = BackendOptions(device=str(device), working_width=width, alignment=alignment,
-                             pair_graph=pair_graph)
+                             pair_graph=pair_graph, compile_network=compiled)
     backend = make_reconstructor(name, options) if name == "mvs" else \
         _network_backend(name, frames, options, device)
     stages: dict[str, list[float]] = {}
+    allocated: list[int] = []          # bytes after the first and the last timed set
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + repeats):
@@ -251,11 +253,14 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
         if i >= warmup:
             for stage, seconds in {**recon.timings_s, "total": total}.items():
                 stages.setdefault(stage, []).append(seconds)
+        if i in (warmup, warmup + repeats - 1) and device.type == "cuda":
+            allocated.append(torch.cuda.memory_allocated(device))
     height = frames.frames[0].image.shape[0]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return {"backend": name, "alignment": alignment, "pair_graph": pair_graph,
-            "cameras": len(frames.frames), "width": width, "height": height,
-            "points": len(recon.points), "peak_gib": peak,
+            "compiled": compiled, "cameras": len(frames.frames), "width": width,
+            "height": height, "points": len(recon.points), "peak_gib": peak,
+            "allocated_growth_mib": (allocated[-1] - allocated[0]) / 2**20 if allocated else 0.0,
             "median_ms": {k: 1e3 * statistics.median(v) for k, v in stages.items()}}
 
 
@@ -272,6 +277,8 @@ def _network_backend(name: str, frames, options, device: torch.device):
     with device:
         released = build_model(RELEASED[name])
     released = released.to(dtype=network_dtype("auto", str(device))).eval()
+    if options.compile_network:
+        compile_blocks(released)
     if name == "fast3r":
         oracle = OracleFast3R(frames, settings.image_size, device=str(device))
         return Fast3RReconstructor(ReleasedWithOracle(released, oracle), settings)
@@ -300,16 +307,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.what == "backends":
         rows = []
         for b, w in itertools.product(args.backends, args.widths):
-            for alignment, graph, cameras in itertools.product(
+            for alignment, graph, cameras, compiled in itertools.product(
                     ["auto"] if b == "mvs" else args.alignments,
-                    args.graphs if b in ("mast3r", "pow3r") else ["knn"], args.cameras):
+                    args.graphs if b in ("mast3r", "pow3r") else ["knn"], args.cameras,
+                    ["off"] if b == "mvs" else args.compile):
                 r = bench_backend(b, w, device, args.repeats, args.warmup, alignment, cameras,
-                                  graph)
+                                  graph, compiled == "on")
                 rows.append(r)
                 stages = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
-                print(f"{b:6s} {alignment:5s} {graph:9s} {r['cameras']} cameras "
-                      f"{r['width']}x{r['height']}: {stages} ms ({r['points']} points, peak "
-                      f"{r['peak_gib']:.2f} GiB)", flush=True)
+                print(f"{b:6s} {alignment:5s} {graph:9s} compile {compiled:3s} {r['cameras']} "
+                      f"cameras {r['width']}x{r['height']}: {stages} ms ({r['points']} points, "
+                      f"peak {r['peak_gib']:.2f} GiB, allocated growth "
+                      f"{r['allocated_growth_mib']:.1f} MiB)", flush=True)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
         if args.json:
@@ -376,7 +385,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", type=int, default=16, help="pairs per batch for pairwise models")
     p.add_argument("--size", default="512x384", help="image WIDTHxHEIGHT (multiples of 16)")
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
-                   help="models: torch.compile off and/or on (each a configuration)")
+                   help="torch.compile off and/or on (each a configuration; backends: "
+                        "the network's blocks and heads)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="models: print the ROWS most expensive operators of one forward")
     p.add_argument("--repeats", type=int, default=10)

@@ -52,6 +52,7 @@ class BackendOptions:
         alignment_lr: Adam learning rate of the full global alignment.
         outlier_neighbours: Neighbours of the statistical outlier removal (0 = off).
         outlier_std_ratio: Its threshold, in standard deviations.
+        compile_network: ``torch.compile`` the network's blocks and heads.
     """
 
     device: str = "auto"
@@ -70,6 +71,7 @@ class BackendOptions:
     alignment_lr: float = 0.01
     outlier_neighbours: int = 16
     outlier_std_ratio: float = 2.0
+    compile_network: bool = False
 
     def fusion_settings(self) -> FusionSettings:
         """The fused cloud's filtering settings."""
@@ -83,7 +85,7 @@ class BackendOptions:
 
         return NetworkSettings(resolve_device(self.device), self.checkpoint, self.network_size,
                                self.precision, self.use_calibration, self.alignment,
-                               self.fusion_settings())
+                               self.fusion_settings(), self.compile_network)
 
 
 def options_from_parameters(parameters: Mapping[str, Any]) -> BackendOptions:

@@ -88,8 +88,7 @@ class Fast3RReconstructor:
     def from_options(cls, options) -> "Fast3RReconstructor":
         """Build from :class:`~threer_ros.pipeline.backends.BackendOptions`."""
         settings = options.network_settings()
-        return cls(load_network("fast3r", settings.checkpoint, settings.device,
-                                settings.precision), settings)
+        return cls(load_network("fast3r", settings), settings)
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
         if len(frames.frames) < 2:

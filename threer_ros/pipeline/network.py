@@ -39,26 +39,31 @@ def network_dtype(precision: str, device: str) -> torch.dtype:
     return table[precision]
 
 
-def load_network(backend: str, checkpoint: str, device: str, precision: str) -> nn.Module:
-    """Load the network of ``backend`` from ``checkpoint`` ("" = the cached released weights).
+def load_network(backend: str, settings: "NetworkSettings") -> nn.Module:
+    """Load the network of ``backend`` from ``settings.checkpoint`` ("" = the cached released
+    weights) onto its device in its precision, with its blocks and heads compiled
+    (:func:`threer_ros.models.compile_blocks`) when ``settings.compile_network``.
 
     Raises:
         WeightsError: no weights (the message says how to get them).
         CheckpointError: unreadable checkpoint.
         ValueError: the checkpoint holds another network than the backend needs.
     """
-    from threer_ros.models import load_model
+    from threer_ros.models import compile_blocks, load_model
     from threer_ros.weights import resolve_checkpoint
 
     entry, classes = NETWORK_CLASSES[backend]
-    path = resolve_checkpoint(entry, checkpoint)
-    model = load_model(path, device=device, dtype=network_dtype(precision, device))
+    path = resolve_checkpoint(entry, settings.checkpoint)
+    model = load_model(path, device=settings.device,
+                       dtype=network_dtype(settings.precision, settings.device))
     if type(model).__name__ not in classes:
         raise ValueError(f"checkpoint {path} holds a {type(model).__name__} network; the "
                          f"{backend} backend needs {' or '.join(classes)} weights")
     if backend == "mast3r" and not hasattr(model.downstream_head1, "desc_dim"):
         raise ValueError(f"checkpoint {path} is a DUSt3R network without descriptors; the "
                          "mast3r backend needs MASt3R weights")
+    if settings.compile_network:
+        compile_blocks(model)
     return model
 
 
@@ -132,6 +137,8 @@ class NetworkSettings:
             estimates every pose and then fits a Sim(3) to the calibration; ``auto`` is
             ``fast`` when the set is calibrated.
         fusion: Confidence threshold, voxel size and outlier removal of the fused cloud.
+        compile_network: ``torch.compile`` the network's blocks and heads (faster sets after
+            a slow first one per input shape; docs/benchmarks.md).
     """
 
     device: str = "cpu"
@@ -141,6 +148,7 @@ class NetworkSettings:
     use_calibration: bool = True
     alignment: str = "auto"
     fusion: FusionSettings = FusionSettings()
+    compile_network: bool = False
 
     def __post_init__(self) -> None:
         if self.alignment not in ("auto", "fast", "full"):

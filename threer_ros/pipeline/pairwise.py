@@ -134,8 +134,7 @@ class PairwiseReconstructor:
         pairs = PairSettings(options.pair_graph, options.graph_neighbours, options.pair_batch,
                              replace(AlignmentSettings(), iterations=options.alignment_iterations,
                                      lr=options.alignment_lr))
-        return cls(load_network(cls.name, settings.checkpoint, settings.device,
-                                settings.precision), settings, pairs)
+        return cls(load_network(cls.name, settings), settings, pairs)
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
         n = len(frames.frames)
