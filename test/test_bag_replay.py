@@ -170,6 +170,7 @@ def test_a_nersemble_bag_replayed_into_the_node_gives_a_cloud_that_is_recorded(
     node = subprocess.Popen(
         [sys.executable, "-m", "threer_ros.ros.node", "--ros-args",
          "-p", "rig_calibration:=tf", "-p", "backend:=mvs", "-p", "device:=cpu",
+         "-p", "image_reliability:=reliable",      # the player offers reliable camera topics
          "-p", f"working_width:={fx.WIDTH}", "-p", "min_cameras:=12", "-p", "max_rate:=0.0"],
         env=env)
     recorder = subprocess.Popen(cli + ["record", "--out", str(recording)], env=env, text=True,

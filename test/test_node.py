@@ -31,6 +31,7 @@ from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
 from threer_ros.data.synthetic import SyntheticRig  # noqa: E402
 from threer_ros.ros.convert import (calibration_to_camera_info_fields, cloud_from_msg,  # noqa: E402
                                     image_to_msg_fields)
+from threer_ros.ros.node import CameraStats  # noqa: E402
 from threer_ros.ros.probe import OutputProbe  # noqa: E402
 
 WIDTH = 96
@@ -308,6 +309,9 @@ def test_mast3r_with_a_checkpoint_runs_through_the_node(alignment, tmp_path, ros
         _finite_cloud_and_camera_frames(probe, 0)
         values = _values(probe.latest_status(PIPELINE))
         assert values["backend"] == "mast3r" and "stage_network_s" in values
+        # the node's own share of the latency: what the backend did not spend
+        latency, overhead = float(values["end_to_end_latency_s"]), float(values["node_overhead_s"])
+        assert 0 <= overhead < latency
         if alignment == "full":       # the calibration check is reported to the operator
             assert float(values["pose_rotation_max_deg"]) >= 0
         assert node.poll() is None
@@ -352,3 +356,12 @@ def test_compare_mode_publishes_every_backend_and_a_summary(tmp_path, ros_domain
         assert node.poll() is None
     finally:
         stop()
+
+
+def test_a_slowly_triggered_camera_counts_as_receiving():
+    stats = CameraStats()
+    for t in (0.0, 10.0, 20.0):                 # a rig triggered every 10 s
+        stats.arrived(t)
+    assert stats.rate_hz(25.0) == pytest.approx(0.1)
+    assert stats.rate_hz(49.0) == pytest.approx(0.1)
+    assert stats.rate_hz(51.0) == 0.0           # silent for three of its intervals: stopped

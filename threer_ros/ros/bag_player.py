@@ -20,16 +20,22 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 
 from threer_ros.data.rosbag import (TF_STATIC, BagError, BagInfo, BagMessage, BagReader,
                                    TopicInfo)
 
-#: Types published with sensor-data QoS (best effort), like camera drivers do.
+#: The camera types: images and CameraInfo.
 SENSOR_TYPES = frozenset({"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage",
                           "sensor_msgs/msg/CameraInfo"})
+#: QoS offered for camera topics: reliable, keep last 1, volatile, so that best-effort
+#: subscribers (camera-driver style) and reliable ones (the capture node's
+#: ``image_reliability: reliable``, which loses no image of a burst) both match, and a slow
+#: subscriber gets each camera's newest image rather than a backlog.
+CAMERA_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                        durability=DurabilityPolicy.VOLATILE,
+                        reliability=ReliabilityPolicy.RELIABLE)
 
 
 def message_class(msgtype: str) -> type | None:
@@ -54,7 +60,7 @@ def topic_qos(topic: TopicInfo) -> QoSProfile:
                           durability=DurabilityPolicy.TRANSIENT_LOCAL,
                           history=HistoryPolicy.KEEP_LAST)
     if topic.msgtype in SENSOR_TYPES:
-        return qos_profile_sensor_data
+        return CAMERA_QOS
     return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                       history=HistoryPolicy.KEEP_LAST)
 

@@ -127,7 +127,7 @@ def _report(probe: OutputProbe, rig: SyntheticRig, out: Path, wall_s: float) -> 
     print(f"  completeness (true surface within 5 mm): {metrics.completeness * 100:.1f} %")
     print("node timings (this set):")
     for key, value in values.items():
-        if key.startswith("stage_") or key == "end_to_end_latency_s":
+        if key.startswith("stage_") or key in ("end_to_end_latency_s", "node_overhead_s"):
             print(f"  {key.removeprefix('stage_').removesuffix('_s'):>22}: "
                   f"{float(value) * 1e3:8.1f} ms")
     print(f"wrote {out / 'cloud.ply'} and {out / 'preview.png'} ({wall_s:.1f} s after start)")

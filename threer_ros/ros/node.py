@@ -33,8 +33,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header, String
 from tf2_msgs.msg import TFMessage
@@ -61,6 +60,7 @@ class NodeSettings:
     image_topic: str
     camera_info_topic: str
     image_transport: str
+    image_reliability: str
     rig_calibration: str
     sync_tolerance: float
     sync_max_delay: float
@@ -98,6 +98,9 @@ class NodeSettings:
         if self.image_transport not in ("raw", "compressed"):
             raise ValueError(f"parameter 'image_transport' is {self.image_transport!r}: "
                              "use raw or compressed")
+        if self.image_reliability not in ("best_effort", "reliable"):
+            raise ValueError(f"parameter 'image_reliability' is {self.image_reliability!r}: "
+                             "use best_effort or reliable")
         if not 1 <= self.min_cameras <= len(self.cameras):
             raise ValueError(f"parameter 'min_cameras' = {self.min_cameras} must be between 1 "
                              f"and the number of cameras ({len(self.cameras)})")
@@ -113,6 +116,17 @@ class NodeSettings:
 
     def topic(self, template: str, camera: str) -> str:
         return template.replace("{camera}", camera)
+
+    def camera_qos(self) -> QoSProfile:
+        """QoS of the image and CameraInfo subscriptions: best effort, keep last 5 (sensor
+        data), or with ``image_reliability: reliable`` reliable, keep last 1 (each camera's
+        newest image, no backlog when the node falls behind); volatile."""
+        return QoSProfile(depth=1 if self.image_reliability == "reliable" else 5,
+                          history=HistoryPolicy.KEEP_LAST,
+                          durability=DurabilityPolicy.VOLATILE,
+                          reliability=ReliabilityPolicy.RELIABLE
+                          if self.image_reliability == "reliable"
+                          else ReliabilityPolicy.BEST_EFFORT)
 
 
 @dataclass
@@ -130,10 +144,14 @@ class CameraStats:
         del self.arrivals[:-30]
 
     def rate_hz(self, now: float) -> float:
-        recent = [t for t in self.arrivals if now - t < 5.0]
-        if len(recent) < 2:
+        """Images per second over the last arrivals; 0 once the camera has been silent for
+        three of its intervals and at least 5 s (so slow-triggered rigs still count as live)."""
+        if len(self.arrivals) < 2:
             return 0.0
-        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
+        period = (self.arrivals[-1] - self.arrivals[0]) / (len(self.arrivals) - 1)
+        if now - self.arrivals[-1] > max(5.0, 3.0 * period):
+            return 0.0
+        return 1.0 / max(period, 1e-9)
 
 
 def _stamp_ns(stamp) -> int:
@@ -174,6 +192,7 @@ class CaptureNode(Node):
         self._last_recon: Reconstruction | None = None
         self._last_missing: tuple[str, ...] = ()
         self._last_latency_s = float("nan")
+        self._last_overhead_s = float("nan")     # latency minus the backend's own time
         self._published_points = 0
         self._static: dict[str, object] = {}   # child frame -> TransformStamped sent latched
         self._last_transforms: list = []
@@ -219,18 +238,15 @@ class CaptureNode(Node):
     # --- inputs ---------------------------------------------------------------------------
     def _subscribe(self, camera: str) -> None:
         s = self.settings
-        topic = s.topic(s.image_topic, camera)
+        topic, qos = s.topic(s.image_topic, camera), s.camera_qos()
         if s.image_transport == "compressed":
             self.create_subscription(CompressedImage, topic + "/compressed",
-                                     lambda m, c=camera: self._on_image(c, m),
-                                     qos_profile_sensor_data)
+                                     lambda m, c=camera: self._on_image(c, m), qos)
         else:
-            self.create_subscription(Image, topic, lambda m, c=camera: self._on_image(c, m),
-                                     qos_profile_sensor_data)
+            self.create_subscription(Image, topic, lambda m, c=camera: self._on_image(c, m), qos)
         if s.camera_info_topic:
             self.create_subscription(CameraInfo, s.topic(s.camera_info_topic, camera),
-                                     lambda m, c=camera: self._on_camera_info(c, m),
-                                     qos_profile_sensor_data)
+                                     lambda m, c=camera: self._on_camera_info(c, m), qos)
 
     def _reject(self, camera: str, reason: str, message: str) -> None:
         """Count a bad message and log it (one line; repeated reasons are throttled)."""
@@ -304,11 +320,15 @@ class CaptureNode(Node):
 
     # --- worker thread --------------------------------------------------------------------
     def _reconstruct(self, item: tuple[FrameSet, float]
-                     ) -> tuple[Reconstruction, Comparison | None]:
+                     ) -> tuple[Reconstruction, Comparison | None, float]:
+        """The set's reconstruction (and comparison), and the seconds the backend(s) took."""
+        started = time.monotonic()
         if isinstance(self._reconstructor, CompareReconstructor):
             comparison = self._reconstructor.compare_set(item[0])
-            return comparison.reconstructions[self._reconstructor.primary], comparison
-        return self._reconstructor.reconstruct(item[0]), None
+            recon = comparison.reconstructions[self._reconstructor.primary]
+        else:
+            recon, comparison = self._reconstructor.reconstruct(item[0]), None
+        return recon, comparison, time.monotonic() - started
 
     def _report_failure(self, item: tuple[FrameSet, float], exc: BaseException) -> None:
         if not self.context.ok():  # shutting down: nothing to report to
@@ -330,11 +350,11 @@ class CaptureNode(Node):
         return cloud_to_msg(header, points, colors, conf), len(points)
 
     def _publish(self, item: tuple[FrameSet, float],
-                 result: tuple[Reconstruction, Comparison | None]) -> None:
+                 result: tuple[Reconstruction, Comparison | None, float]) -> None:
         if not self.context.ok():  # the job finished after Ctrl-C: nobody to publish to
             return
         s = self.settings
-        recon, comparison = result
+        recon, comparison, backend_s = result
         started = time.perf_counter()
         header = Header(stamp=_stamp_msg(recon.stamp_ns), frame_id=s.output_frame)
         cloud, published = self._cloud_msg(header, recon)
@@ -355,6 +375,7 @@ class CaptureNode(Node):
             self._last_recon = recon
             self._published_points = published
             self._last_latency_s = time.monotonic() - item[1]
+            self._last_overhead_s = self._last_latency_s - backend_s
             self._comparison = comparison
         self.get_logger().info(
             f"published {published} points from {len(recon.cameras)} cameras; "
@@ -403,6 +424,7 @@ class CaptureNode(Node):
         sync, work = self._sync.stats, self._worker.stats
         with self._lock:
             recon, latency = self._last_recon, self._last_latency_s
+            overhead = self._last_overhead_s
         values = {
             "backend": self.settings.backend,
             "sets_completed": sync.completed, "sets_partial": sync.partial,
@@ -415,6 +437,7 @@ class CaptureNode(Node):
             "missing_cameras_last_set": ",".join(self._last_missing),
             "points_published": self._published_points,
             "end_to_end_latency_s": f"{latency:.4f}",
+            "node_overhead_s": f"{overhead:.4f}",
         }
         if recon is not None:
             values.update({f"stage_{k}_s": f"{v:.4f}" for k, v in recon.timings_s.items()})

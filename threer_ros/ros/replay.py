@@ -5,14 +5,16 @@ recorded timing: message i goes out ``(t_i - t_first) / rate`` seconds after the
 t is the log time (the header stamp in bags made by ``threer-ros bag``). QoS per topic:
 ``/tf_static`` (and any topic recorded as transient-local) reliable and transient-local, so a
 node that starts later still gets the rig calibration; Image, CompressedImage and CameraInfo
-sensor-data QoS (best effort, like camera drivers); everything else reliable. Header stamps
+reliable, keep last 1 (:data:`~threer_ros.ros.bag_player.CAMERA_QOS`), which serves
+best-effort and reliable subscribers alike; everything else reliable. Header stamps
 are kept, or with ``--restamp`` shifted so that each pass starts at the current ROS time (the
 cameras of one set keep one stamp). ``--start``/``--end`` select a window (seconds from the
 bag's first message), ``--loop`` repeats it.
 
 **Synthetic** (``--synthetic``): the publisher behaves like a hardware-triggered rig: every
 period all cameras capture; each image's header stamp is the trigger time plus a small random
-offset (camera jitter), and the cameras' messages go out in a random order. ``CameraInfo``
+offset (camera jitter), and the cameras' messages go out in a random order, offered reliable
+(:data:`~threer_ros.ros.bag_player.CAMERA_QOS`). ``CameraInfo``
 accompanies every image with the same stamp and frame id (``<camera>_optical_frame``).
 """
 
@@ -29,7 +31,6 @@ import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -37,7 +38,7 @@ from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import save_rig_calibration
 from threer_ros.data.rosbag import BagError, bag_info
-from threer_ros.ros.bag_player import BagPlayer
+from threer_ros.ros.bag_player import CAMERA_QOS, BagPlayer
 from threer_ros.ros.convert import (calibration_to_camera_info_fields, encode_compressed,
                                     image_to_msg_fields)
 
@@ -80,9 +81,9 @@ class SyntheticRigPublisher(Node):
             frame_id = f"{view.name}_optical_frame"
             image_msg.header.frame_id = info_msg.header.frame_id = frame_id
             self._cameras.append((
-                self.create_publisher(msg_type, topic, qos_profile_sensor_data),
+                self.create_publisher(msg_type, topic, CAMERA_QOS),
                 self.create_publisher(CameraInfo, camera_info_topic.replace("{camera}", view.name),
-                                      qos_profile_sensor_data) if camera_info_topic else None,
+                                      CAMERA_QOS) if camera_info_topic else None,
                 image_msg, info_msg))
         self.create_timer(1.0 / rate_hz, self._trigger)
 
