@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,17 @@ def ros_domain_id() -> int:
     test): DDS allows 0..232.
     """
     return 1 + os.getpid() % 30
+
+
+def stop_process(process, stop_signal: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+    """Send ``stop_signal`` to a child process and wait for it; one still running after
+    ``timeout`` seconds is killed (never left behind) and fails the test. Returns its status."""
+    if process.poll() is None:
+        process.send_signal(stop_signal)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"{process.args[:4]} did not exit within {timeout:.0f} s of "
+                             f"signal {stop_signal}") from None

@@ -25,6 +25,7 @@ from rclpy.node import Node  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
+from conftest import stop_process  # noqa: E402
 import nersemble_fixture as fx  # noqa: E402
 from threer_ros.cli import main  # noqa: E402
 from threer_ros.data.nersemble import NersembleSequence  # noqa: E402
@@ -150,12 +151,6 @@ class _Lines:
                                        timeout=timeout)
 
 
-def _interrupt(process: subprocess.Popen) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    return process.wait(timeout=60)
-
-
 def test_a_nersemble_bag_replayed_into_the_node_gives_a_cloud_that_is_recorded(
         ros_domain_id, tmp_path):
     root = tmp_path / "nersemble"
@@ -194,13 +189,12 @@ def test_a_nersemble_bag_replayed_into_the_node_gives_a_cloud_that_is_recorded(
         assert node.poll() is None
     finally:
         if replay is not None:
-            _interrupt(replay)
-        assert _interrupt(recorder) == 0
+            stop_process(replay, signal.SIGINT)
+        assert stop_process(recorder, signal.SIGINT) == 0
         executor.shutdown()
         probe.destroy_node()
         rclpy.shutdown(context=context)
-        node.terminate()
-        node.wait(timeout=60)
+        stop_process(node)
 
     sequence = NersembleSequence.open(root, fx.PARTICIPANT, fx.SEQUENCE)
     poses = {f.camera: f.calibration.cam_to_rig for f in next(sequence.frame_sets(0, 1)).frames}

@@ -26,6 +26,7 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 
+from conftest import stop_process  # noqa: E402
 from threer_ros.config import read_parameters  # noqa: E402
 from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
 from threer_ros.data.synthetic import SyntheticRig  # noqa: E402
@@ -118,8 +119,7 @@ def _start_graph(rig: SyntheticRig, rig_calibration: str, domain_id: int,
         driver.destroy_node()
         probe.destroy_node()
         rclpy.shutdown(context=context)
-        node.terminate()
-        node.wait(timeout=60)
+        stop_process(node)
 
     return node, driver, probe, stop
 

@@ -17,6 +17,7 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
+from conftest import stop_process  # noqa: E402
 from threer_ros.config import read_parameters  # noqa: E402
 from threer_ros.ros.convert import camera_info_to_calibration, image_from_msg  # noqa: E402
 
@@ -87,5 +88,4 @@ def test_the_synthetic_rig_publishes_jittered_synchronised_sets(compressed, ros_
         executor.shutdown()
         collector.destroy_node()
         rclpy.shutdown(context=context)
-        replay.terminate()
-        replay.wait(timeout=30)
+        stop_process(replay)

@@ -31,7 +31,7 @@ import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -479,15 +479,20 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of ``capture_node`` / ``ros2 run threer_ros capture_node``."""
     rclpy.init(args=args)
     node = None
+    executor = SingleThreadedExecutor()
     try:
         node = CaptureNode()
-        rclpy.spin(node)
+        executor.add_node(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ValueError as exc:
         print(f"capture_node: {exc}", file=sys.stderr)
         return 2
     finally:
+        # The executor first: a stop signal can leave its wait generator suspended holding
+        # the node's handle, and destroying the node would then wait for it forever.
+        executor.shutdown()
         if node is not None:
             node.destroy_node()
         if rclpy.ok():

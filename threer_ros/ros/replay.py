@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -106,16 +106,20 @@ class SyntheticRigPublisher(Node):
 
 
 @contextmanager
-def _running(make_node: Callable[[], Node]) -> Iterator[Node]:
-    """ROS initialised around the node ``make_node()`` makes; Ctrl-C and an external shutdown
-    end the block quietly, and the node and ROS are shut down either way."""
+def _running(make_node: Callable[[], Node]) -> Iterator[tuple[Node, SingleThreadedExecutor]]:
+    """ROS initialised around the node ``make_node()`` makes, with an executor holding it;
+    Ctrl-C and an external shutdown end the block quietly, and executor, node and ROS are shut
+    down either way (the executor first: see :func:`threer_ros.ros.node.main`)."""
     rclpy.init()
     node = make_node()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        yield node
+        yield node, executor
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
@@ -133,9 +137,9 @@ def _run_synthetic(args: argparse.Namespace) -> int:
     with _running(lambda: SyntheticRigPublisher(
             rig, params["image_topic"], params["camera_info_topic"], rate_hz=args.rate or 2.0,
             jitter_s=args.jitter, count=args.count, compressed=args.compressed,
-            seed=args.seed)) as node:
+            seed=args.seed)) as (node, executor):
         while rclpy.ok() and not node.done.is_set():
-            rclpy.spin_once(node, timeout_sec=0.1)
+            executor.spin_once(timeout_sec=0.1)
     return 0
 
 
@@ -147,7 +151,7 @@ def _run_bag(args: argparse.Namespace) -> int:
         print(f"threer-ros replay: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    with _running(lambda: Node("threer_bag_replay")) as node:
+    with _running(lambda: Node("threer_bag_replay")) as (node, _):
         try:
             player = BagPlayer(node, info, rate=args.rate or 1.0, start_s=args.start,
                                end_s=args.end, restamp=args.restamp, loop=args.loop)
