@@ -53,6 +53,8 @@ def _graph(context):
             cmd=["threer-ros", "replay", arg["bag"], "--rate", arg["bag_rate"], "--restamp",
                  "--wait-for-subscribers"] + (["--loop"] if _true(arg["loop"]) else []),
             output="screen"))
+    if actions:     # our publishers offer reliable: lose no image of a set's burst
+        overrides.setdefault("image_reliability", "reliable")
     actions.append(Node(package="threer_ros", executable="capture_node", name="threer_capture",
                         output="screen", parameters=[arg["config"], overrides]))
     if _true(arg["rviz"]):

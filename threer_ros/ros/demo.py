@@ -60,7 +60,8 @@ def run_demo(args: argparse.Namespace) -> int:
     python = sys.executable
     node = subprocess.Popen([python, "-m", "threer_ros.ros.node", "--ros-args",
                              "-p", f"rig_calibration:={calibration}", "-p", "backend:=mvs",
-                             "-p", f"working_width:={args.width}", "-p", f"device:={args.device}"])
+                             "-p", f"working_width:={args.width}", "-p", f"device:={args.device}",
+                             "-p", "image_reliability:=reliable"])
     replay = subprocess.Popen([python, "-m", "threer_ros.cli", "replay", "--synthetic",
                                "--rate", str(args.rate), "--width", str(args.width),
                                "--seed", str(args.seed)])
