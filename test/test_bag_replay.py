@@ -190,11 +190,12 @@ def test_a_nersemble_bag_replayed_into_the_node_gives_a_cloud_that_is_recorded(
     finally:
         if replay is not None:
             stop_process(replay, signal.SIGINT)
-        assert stop_process(recorder, signal.SIGINT) == 0
+        recorder_status = stop_process(recorder, signal.SIGINT)
         executor.shutdown()
         probe.destroy_node()
         rclpy.shutdown(context=context)
         stop_process(node)
+    assert recorder_status == 0, "threer-ros record did not exit cleanly on Ctrl-C"
 
     sequence = NersembleSequence.open(root, fx.PARTICIPANT, fx.SEQUENCE)
     poses = {f.camera: f.calibration.cam_to_rig for f in next(sequence.frame_sets(0, 1)).frames}

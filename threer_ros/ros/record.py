@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()         # before destroying the node (see threer_ros.ros.node.main)
+        executor.remove_node(recorder)
         recorder.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
