@@ -21,7 +21,7 @@ from pathlib import Path
 from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.data.nersemble import FPS, NersembleError, NersembleSequence
-from threer_ros.data.rosbag import STORAGES, BagError, CaptureBagWriter, bag_info, read_messages
+from threer_ros.data.rosbag import STORAGES, BagError, BagReader, CaptureBagWriter, bag_info
 
 
 def parse_frames(spec: str) -> tuple[int, int | None]:
@@ -107,9 +107,9 @@ def _from_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(path: Path, topic: str) -> str:
+def _describe(bag: BagReader, topic: str) -> str:
     """A few words on the first message of ``topic`` (size, encoding, transforms, points)."""
-    msg = next(iter(read_messages(path, [topic])), None)
+    msg = next(bag.messages([topic]), None)
     if msg is None:
         return ""
     m = msg.deserialize()
@@ -133,10 +133,11 @@ def _info(args: argparse.Namespace) -> int:
     print(f"duration: {info.duration_ns / 1e9:.3f} s  (log time {info.start_ns / 1e9:.9f} .. "
           f"{info.end_ns / 1e9:.9f})")
     width = max((len(t.name) for t in info.topics), default=5)
-    for t in info.topics:
-        latched = " latched" if t.latched else ""
-        print(f"  {t.name:<{width}}  {t.msgtype:<32} {t.count:>6}{latched:>8}  "
-              f"{_describe(info.path, t.name)}")
+    with BagReader(info.path) as bag:             # opened once for every topic's description
+        for t in info.topics:
+            latched = " latched" if t.latched else ""
+            print(f"  {t.name:<{width}}  {t.msgtype:<32} {t.count:>6}{latched:>8}  "
+                  f"{_describe(bag, t.name)}")
     return 0
 
 

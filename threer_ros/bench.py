@@ -276,7 +276,7 @@ def _network_backend(name: str, frames, options, device: torch.device):
     torch.manual_seed(0)
     with device:
         released = build_model(RELEASED[name])
-    released = released.to(dtype=network_dtype("auto", str(device))).eval()
+    released = released.to(dtype=network_dtype(settings.precision, settings.device)).eval()
     if options.compile_network:
         compile_blocks(released)
     if name == "fast3r":
@@ -285,8 +285,7 @@ def _network_backend(name: str, frames, options, device: torch.device):
     oracle = OraclePairNetwork(frames, settings.image_size, descriptors=name == "mast3r",
                                device=str(device))
     cls = MASt3RReconstructor if name == "mast3r" else Pow3RReconstructor
-    pairs = PairSettings(options.pair_graph, options.graph_neighbours, options.pair_batch)
-    return cls(ReleasedWithOracle(released, oracle), settings, pairs)
+    return cls(ReleasedWithOracle(released, oracle), settings, PairSettings.from_options(options))
 
 
 def environment() -> dict[str, str]:

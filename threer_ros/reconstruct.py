@@ -10,13 +10,12 @@ Images (PNG/JPEG files, or folders of them, sorted by name) are one synchronized
 image's file stem is its camera name. ``--nersemble`` takes the set instead from timestep
 ``--frame`` of every camera of a NeRSemble download, with the dataset's calibration (the seed
 experiment: participant 031, frame 0; docs/bags.md). With ``--calibration`` (the rig
-calibration YAML of
-``docs/calibration.md``, with intrinsics) the clouds are metric and in the rig frame, else in
-the network's frame and unit. For every backend the output folder gets ``<backend>.ply``
-(x, y, z, rgb, confidence), ``<backend>_poses.json`` (camera-to-frame poses, intrinsics,
-timings, diagnostics) and ``<backend>_preview.png`` (an input image beside the cloud seen from
-that camera); with several backends also ``comparison.json`` (timings, pose and cloud
-differences against the first backend). Settings not given here come from the node's
+calibration YAML of ``docs/calibration.md``, with intrinsics) the clouds are metric and in the
+rig frame, else in the network's frame and unit. For every backend the output folder gets
+``<backend>.ply`` (x, y, z, rgb, confidence), ``<backend>_poses.json`` (camera-to-frame poses,
+intrinsics, timings, diagnostics) and ``<backend>_preview.png`` (an input image beside the
+cloud seen from that camera); with several backends also ``comparison.json`` (timings, pose and
+cloud differences against the first backend). Settings not given here come from the node's
 parameter file (``--config``), so offline and live runs agree.
 """
 

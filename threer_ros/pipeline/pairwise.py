@@ -109,6 +109,14 @@ class PairSettings:
     match_tolerance: float = 0.02
     min_matches: int = 100
 
+    @classmethod
+    def from_options(cls, options) -> "PairSettings":
+        """The pair settings named in :class:`~threer_ros.pipeline.backends.BackendOptions`
+        (the rest at their defaults)."""
+        return cls(options.pair_graph, options.graph_neighbours, options.pair_batch,
+                   replace(AlignmentSettings(), iterations=options.alignment_iterations,
+                           lr=options.alignment_lr))
+
 
 class PairwiseReconstructor:
     """Pairwise reconstruction (module docstring) with the network ``network``.
@@ -131,10 +139,7 @@ class PairwiseReconstructor:
     def from_options(cls, options) -> "PairwiseReconstructor":
         """Build from :class:`~threer_ros.pipeline.backends.BackendOptions`."""
         settings = options.network_settings()
-        pairs = PairSettings(options.pair_graph, options.graph_neighbours, options.pair_batch,
-                             replace(AlignmentSettings(), iterations=options.alignment_iterations,
-                                     lr=options.alignment_lr))
-        return cls(load_network(cls.name, settings), settings, pairs)
+        return cls(load_network(cls.name, settings), settings, PairSettings.from_options(options))
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
         n = len(frames.frames)
