@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from threer_ros.data.synthetic import SyntheticRig
 from threer_ros.geometry.fusion import FusionSettings, accuracy_completeness
-from threer_ros.geometry.global_alignment import AlignmentSettings
-from threer_ros.geometry.registration import align_to_reference
+from threer_ros.geometry.global_alignment import AlignmentSettings, grid_coordinates
+from threer_ros.geometry.registration import align_to_reference, pixel_grid, pose_disagreement
 from threer_ros.pipeline.fast3r import Fast3RReconstructor
 from threer_ros.pipeline.network import NetworkSettings, prepare_network_images
 from threer_ros.pipeline.oracle import (HEAD_CONFIDENCE, OracleFast3R, OraclePairNetwork,
@@ -96,10 +97,11 @@ def test_fast3r_without_calibration_estimates_focal_and_poses(rig, truth):
            completeness=0.95)
 
 
-def _pairwise(cls, frames, oracle_frames, perturbation, **settings):
+def _pairwise(cls, frames, oracle_frames, perturbation, alignment_settings=AlignmentSettings(
+        iterations=100), **settings):
     network = OraclePairNetwork(oracle_frames, SIZE, unit=0.41, perturbation=perturbation,
                                 descriptors=cls is MASt3RReconstructor)
-    pairs = PairSettings(graph="knn", neighbours=3, alignment=AlignmentSettings(iterations=100))
+    pairs = PairSettings(graph="knn", neighbours=3, alignment=alignment_settings)
     return cls(network, NetworkSettings(image_size=SIZE, fusion=HEAD_ONLY, **settings),
                pairs).reconstruct(frames)
 
@@ -129,6 +131,37 @@ def test_pairwise_full_alignment_recovers_poses_and_cloud(rig, truth, cls, calib
         assert recon.info["matches"] > 500
     _check(recon, rig, truth, rotation_deg=1.0, centre_m=0.01, median_m=0.006,
            completeness=0.9)
+
+
+@pytest.mark.parametrize("cls", [MASt3RReconstructor, Pow3RReconstructor])
+def test_compiled_alignment_finds_the_same_cameras(rig, cls):
+    """``compile_alignment`` changes speed, not results: sparse (MASt3R) and dense (Pow3R)
+    alignment with compiled losses, on two sets (the second reuses the compiled code)."""
+    frames = _uncalibrated(rig.frame_set(7))
+    eager = _pairwise(cls, frames, rig.frame_set(7), NOISY, alignment="full",
+                      use_calibration=False)
+    for _ in range(2):
+        compiled = _pairwise(cls, frames, rig.frame_set(7), NOISY,
+                             AlignmentSettings(iterations=100, compile=True), alignment="full",
+                             use_calibration=False)
+        errors = pose_disagreement(compiled.cam_to_rig, eager.cam_to_rig)   # same frame
+        spread = np.linalg.norm(eager.cam_to_rig[:, :3, 3], axis=1).max()
+        assert errors.rotation_deg.max() < 0.05, errors
+        assert errors.centre_error.max() < 1e-3 * spread, errors
+        np.testing.assert_allclose(compiled.intrinsics, eager.intrinsics, rtol=1e-3)
+
+
+def test_sparse_alignment_interpolates_its_depth_grid_like_the_final_depth_maps():
+    """The sparse losses evaluate the depth-correction grid at matched pixels only; they must
+    read the same values the full-resolution depth maps get at the end."""
+    torch.manual_seed(0)
+    H, W, gh, gw = 37, 53, 4, 6
+    grid = torch.randn(2, 1, gh, gw)
+    full = torch.nn.functional.interpolate(grid, size=(H, W), mode="bilinear",
+                                           align_corners=True)
+    xy = grid_coordinates(pixel_grid(H, W, grid), H, W).expand(2, H, W, 2)
+    at_pixels = torch.nn.functional.grid_sample(grid, xy, mode="bilinear", align_corners=True)
+    torch.testing.assert_close(at_pixels, full, rtol=1e-5, atol=1e-5)
 
 
 def test_pair_graphs_are_symmetric_and_knn_follows_the_rig():

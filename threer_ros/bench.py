@@ -223,13 +223,16 @@ class ReleasedWithOracle(torch.nn.Module):
 
 def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
                   warmup: int = 1, alignment: str = "auto", cameras: int = 16,
-                  pair_graph: str = "knn", compiled: bool = False) -> dict:
+                  pair_graph: str = "knn", compiled: bool = False,
+                  compiled_alignment: bool = False, pair_batch: int = 16) -> dict:
     """Median seconds per stage of backend ``name`` on the synthetic rig (``cameras`` portrait
     cameras, ``width`` pixels wide) and the peak GPU memory.
 
     Network backends run the released architecture with random weights in bf16 (CUDA) for the
     network stage, and align the synthetic rig's ground-truth pointmaps
-    (:class:`ReleasedWithOracle`) at 512 pixels; ``compiled`` compiles its blocks and heads.
+    (:class:`ReleasedWithOracle`) at 512 pixels; ``compiled`` compiles its blocks and heads,
+    ``compiled_alignment`` the full alignment's losses; pairwise networks decode ``pair_batch``
+    pairs at a time.
     Also reports the growth of allocated GPU memory from the first timed set to the last.
     """
     from threer_ros.data.synthetic import SyntheticRig
@@ -237,7 +240,8 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
 
     frames = SyntheticRig.render(seed=0, width=width, count=cameras).frame_set(0)
     options = BackendOptions(device=str(device), working_width=width, alignment=alignment,
-                             pair_graph=pair_graph, compile_network=compiled)
+                             pair_graph=pair_graph, compile_network=compiled,
+                             compile_alignment=compiled_alignment, pair_batch=pair_batch)
     backend = make_reconstructor(name, options) if name == "mvs" else \
         _network_backend(name, frames, options, device)
     stages: dict[str, list[float]] = {}
@@ -258,7 +262,8 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
     height = frames.frames[0].image.shape[0]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return {"backend": name, "alignment": alignment, "pair_graph": pair_graph,
-            "compiled": compiled, "cameras": len(frames.frames), "width": width,
+            "compiled": compiled, "compiled_alignment": compiled_alignment,
+            "pair_batch": pair_batch, "cameras": len(frames.frames), "width": width,
             "height": height, "points": len(recon.points), "peak_gib": peak,
             "allocated_growth_mib": (allocated[-1] - allocated[0]) / 2**20 if allocated else 0.0,
             "median_ms": {k: 1e3 * statistics.median(v) for k, v in stages.items()}}
@@ -306,15 +311,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.what == "backends":
         rows = []
         for b, w in itertools.product(args.backends, args.widths):
-            for alignment, graph, cameras, compiled in itertools.product(
-                    ["auto"] if b == "mvs" else args.alignments,
-                    args.graphs if b in ("mast3r", "pow3r") else ["knn"], args.cameras,
-                    ["off"] if b == "mvs" else args.compile):
+            pairwise = b in ("mast3r", "pow3r")
+            for alignment, graph, cameras, compiled, compiled_alignment, batch in \
+                    itertools.product(["auto"] if b == "mvs" else args.alignments,
+                                      args.graphs if pairwise else ["knn"], args.cameras,
+                                      ["off"] if b == "mvs" else args.compile,
+                                      args.compile_alignment if pairwise else ["off"],
+                                      args.pair_batch if pairwise else [16]):
                 r = bench_backend(b, w, device, args.repeats, args.warmup, alignment, cameras,
-                                  graph, compiled == "on")
+                                  graph, compiled == "on", compiled_alignment == "on", batch)
                 rows.append(r)
                 stages = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
-                print(f"{b:6s} {alignment:5s} {graph:9s} compile {compiled:3s} {r['cameras']} "
+                print(f"{b:6s} {alignment:5s} {graph:9s} compile {compiled:3s} "
+                      f"compile-alignment {compiled_alignment:3s} pair-batch {batch} "
+                      f"{r['cameras']} "
                       f"cameras {r['width']}x{r['height']}: {stages} ms ({r['points']} points, "
                       f"peak {r['peak_gib']:.2f} GiB, allocated growth "
                       f"{r['allocated_growth_mib']:.1f} MiB)", flush=True)
@@ -386,6 +396,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
                    help="torch.compile off and/or on (each a configuration; backends: "
                         "the network's blocks and heads)")
+    p.add_argument("--pair-batch", nargs="+", type=int, default=[16],
+                   help="backends: pairs per network batch of MASt3R / Pow3R")
+    p.add_argument("--compile-alignment", nargs="+", default=["off"], choices=["off", "on"],
+                   help="backends: torch.compile of the full alignment's losses off and/or on")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="models: print the ROWS most expensive operators of one forward")
     p.add_argument("--repeats", type=int, default=10)

@@ -24,8 +24,11 @@ float64 fits.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,11 +68,14 @@ class AlignmentSettings:
         iterations: Adam steps of the dense refinement (and of each sparse stage).
         lr: Initial learning rate (cosine decay to ``lr / 100``).
         grid: Pixel spacing of the sparse refinement's depth-correction grid.
+        compile: ``torch.compile`` the losses (forward and backward fused into a few kernels
+            per step; each new problem shape compiles once per process, tens of seconds).
     """
 
     iterations: int = 300
     lr: float = 0.01
     grid: int = 16
+    compile: bool = False
 
 
 @dataclass
@@ -103,25 +109,44 @@ class ViewEstimate:
         return world_points(self.depth, self.focal, self.principal_point, self.cam_to_world)
 
 
-def world_points(depth: torch.Tensor, focal: torch.Tensor, principal_point: torch.Tensor,
-                 cam_to_world: torch.Tensor) -> torch.Tensor:
-    """Back-project ``(N, H, W)`` depth maps to world points ``(N, H, W, 3)``."""
+def rotate(rotation: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, 3)`` rotations (or any 3x3 matrices) applied to ``(B, ..., 3)`` points.
+
+    Written as broadcast multiply-adds rather than a batched matrix product: the product's
+    backward for the matrices is a GEMM with inner size ``...`` and outer size 3, which GPUs
+    run slowly (it was most of the dense alignment's time).
+    """
+    r = rotation.reshape((len(rotation),) + (1,) * (points.dim() - 2) + (3, 3))
+    return (points[..., 0:1] * r[..., 0] + points[..., 1:2] * r[..., 1]
+            + points[..., 2:3] * r[..., 2])
+
+
+def _back_project(depth: torch.Tensor, focal: torch.Tensor, principal_point: torch.Tensor,
+                  rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W)`` depths to ``(N, H, W, 3)`` world points, given each camera's focal
+    ``(N,)``, principal point ``(N, 2)`` and camera-to-world rotation ``(N, 3, 3)`` and
+    translation ``(N, 3)``."""
     N, H, W = depth.shape
     uv = pixel_grid(H, W, depth)[None] - principal_point.to(depth.dtype)[:, None, None]
     cam = torch.cat([uv / focal.to(depth.dtype)[:, None, None, None],
                      torch.ones_like(depth)[..., None]], -1) * depth[..., None]
-    R = cam_to_world[:, :3, :3].to(depth.dtype)
-    return torch.einsum("nij,nhwj->nhwi", R, cam) + cam_to_world[:, None, None, :3, 3]
+    return rotate(rotation.to(depth.dtype), cam) + translation.to(depth.dtype)[:, None, None]
+
+
+def world_points(depth: torch.Tensor, focal: torch.Tensor, principal_point: torch.Tensor,
+                 cam_to_world: torch.Tensor) -> torch.Tensor:
+    """Back-project ``(N, H, W)`` depth maps to world points ``(N, H, W, 3)`` (pixels of
+    focal ``(N,)``, principal point ``(N, 2)``; camera-to-world poses ``(N, 4, 4)``)."""
+    return _back_project(depth, focal, principal_point, cam_to_world[:, :3, :3],
+                         cam_to_world[:, :3, 3])
 
 
 def _apply(scale: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor,
            points: torch.Tensor) -> torch.Tensor:
     """Apply a batch of Sim(3) ``(E,), (E, 3, 3), (E, 3)`` to ``(E, ..., 3)`` points."""
-    shape = points.shape
-    flat = points.reshape(shape[0], -1, 3).to(rotation.dtype)
-    out = scale[:, None, None] * torch.einsum("eij,epj->epi", rotation, flat) \
-        + translation[:, None]
-    return out.reshape(shape)
+    extra = (1,) * (points.dim() - 2)
+    return scale.reshape((-1,) + extra + (1,)) * rotate(rotation, points.to(rotation.dtype)) \
+        + translation.reshape((len(translation),) + extra + (3,))
 
 
 def _max_per_view(view: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
@@ -239,7 +264,8 @@ def rotation_to_quaternion(R: torch.Tensor) -> torch.Tensor:
 
 
 class _Cameras(torch.nn.Module):
-    """Optimisable poses (quaternion, translation), log focal and depth of N views."""
+    """Optimisable poses (quaternion, translation), log focal and log depth (a per-pixel map,
+    or the sparse alignment's correction grid) of N views."""
 
     def __init__(self, init: ViewEstimate, optimise_focal: bool, log_depth: torch.Tensor
                  ) -> None:
@@ -252,26 +278,41 @@ class _Cameras(torch.nn.Module):
         self.log_depth = torch.nn.Parameter(log_depth)
         self.principal_point = init.principal_point.float()
 
-    def poses(self) -> torch.Tensor:
-        R = quaternion_to_rotation(self.quat)
-        bottom = torch.zeros(len(R), 1, 4, device=R.device)
-        bottom[..., 3] = 1
-        return torch.cat([torch.cat([R, self.trans[:, :, None]], 2), bottom], 1)
+    def state(self) -> "_CameraState":
+        """The tensors the losses read."""
+        return _CameraState(self.quat, self.trans, self.log_focal, self.log_depth,
+                            self.principal_point)
 
     def estimate(self, depth: torch.Tensor, confidence: torch.Tensor) -> ViewEstimate:
-        return ViewEstimate(self.poses().detach().double(), self.log_focal.detach().exp()
-                            .double(), depth.detach(), confidence,
-                            self.principal_point.double())
+        """The current views with the given ``(N, H, W)`` depth maps."""
+        poses = torch.eye(4, dtype=torch.float64, device=depth.device).repeat(len(depth), 1, 1)
+        poses[:, :3, :3] = quaternion_to_rotation(self.quat.detach()).double()
+        poses[:, :3, 3] = self.trans.detach().double()
+        return ViewEstimate(poses, self.log_focal.detach().exp().double(), depth.detach(),
+                            confidence, self.principal_point.double())
+
+
+class _CameraState(NamedTuple):
+    """Optimised camera tensors (see :class:`_Cameras`), as the losses take them."""
+
+    quat: torch.Tensor
+    trans: torch.Tensor
+    log_focal: torch.Tensor
+    log_depth: torch.Tensor
+    principal_point: torch.Tensor
 
 
 def _optimise(groups: list[tuple[list[torch.nn.Parameter], float]], loss_fn,
               settings: AlignmentSettings) -> float:
     """Adam over parameter ``groups`` (parameters, learning-rate factor), the rate decaying
-    from ``lr * factor`` to a hundredth of it (cosine); returns the final loss."""
+    from ``lr * factor`` to a hundredth of it (cosine); returns the final loss. Nothing in the
+    loop waits for the GPU."""
     param_groups = [{"params": [p for p in params if p.requires_grad], "factor": factor}
                     for params, factor in groups]
-    optimiser = torch.optim.Adam([g for g in param_groups if g["params"]], lr=settings.lr,
-                                 betas=(0.9, 0.9))
+    param_groups = [g for g in param_groups if g["params"]]
+    on_gpu = all(p.is_cuda for g in param_groups for p in g["params"])
+    optimiser = torch.optim.Adam(param_groups, lr=settings.lr, betas=(0.9, 0.9),
+                                 fused=on_gpu or None)
     loss = torch.zeros(())
     for step in range(settings.iterations):
         decay = 0.01 + 0.99 * (1 + math.cos(math.pi * step / max(settings.iterations, 1))) / 2
@@ -282,6 +323,44 @@ def _optimise(groups: list[tuple[list[torch.nn.Parameter], float]], loss_fn,
         loss.backward()
         optimiser.step()
     return float(loss.detach())
+
+
+@functools.cache
+def _compiled(loss: Callable, dynamic: bool | None) -> Callable:
+    """``torch.compile`` of a loss (forward and backward fused into a few kernels), made once
+    per process; each new input shape compiles on its first call."""
+    return torch.compile(loss, dynamic=dynamic)
+
+
+def _loss_function(loss: Callable, settings: AlignmentSettings, dynamic: bool | None = None
+                   ) -> Callable:
+    return _compiled(loss, dynamic) if settings.compile else loss
+
+
+class _DenseTargets(NamedTuple):
+    """What the dense loss compares: the pairs' pointmaps and their ``log(conf)`` weights."""
+
+    first: torch.Tensor
+    second: torch.Tensor
+    points1: torch.Tensor
+    points2: torch.Tensor
+    weight1: torch.Tensor
+    weight2: torch.Tensor
+    norm: torch.Tensor
+
+
+def _dense_loss(cams: _CameraState, pair_quat: torch.Tensor, pair_trans: torch.Tensor,
+                pair_log_scale: torch.Tensor, targets: _DenseTargets) -> torch.Tensor:
+    """Mean over pairs of the weighted distance between ``S_e`` applied to the pair's
+    pointmaps and the views' back-projected depths (pair log scales centred)."""
+    world = _back_project(cams.log_depth.exp(), cams.log_focal.exp(), cams.principal_point,
+                          quaternion_to_rotation(cams.quat), cams.trans)
+    scale = (pair_log_scale - pair_log_scale.mean()).exp()
+    rot = quaternion_to_rotation(pair_quat)
+    d1 = (_apply(scale, rot, pair_trans, targets.points1) - world[targets.first]).norm(dim=-1)
+    d2 = (_apply(scale, rot, pair_trans, targets.points2) - world[targets.second]).norm(dim=-1)
+    return (((targets.weight1 * d1).sum((1, 2)) + (targets.weight2 * d2).sum((1, 2)))
+            / targets.norm).mean()
 
 
 def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentSettings,
@@ -308,21 +387,14 @@ def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentS
     pair_trans = torch.nn.Parameter((t / gauge).float())
     pair_log_scale = torch.nn.Parameter((s / gauge).float().log())
     w1, w2 = pred.conf1.float().log(), pred.conf2.float().log()
-    p1, p2 = pred.points1.float(), pred.points2.float()
-    norm = (w1.sum((1, 2)) + w2.sum((1, 2))).clamp(min=1e-9)
-
-    def loss() -> torch.Tensor:
-        world = world_points(cams.log_depth.exp(), cams.log_focal.exp(), cams.principal_point,
-                             cams.poses())
-        scale = (pair_log_scale - pair_log_scale.mean()).exp()
-        rot = quaternion_to_rotation(pair_quat)
-        d1 = (_apply(scale, rot, pair_trans, p1) - world[pred.first]).norm(dim=-1)
-        d2 = (_apply(scale, rot, pair_trans, p2) - world[pred.second]).norm(dim=-1)
-        return (((w1 * d1).sum((1, 2)) + (w2 * d2).sum((1, 2))) / norm).mean()
-
+    dense = _DenseTargets(pred.first, pred.second, pred.points1.float(), pred.points2.float(),
+                          w1, w2, (w1.sum((1, 2)) + w2.sum((1, 2))).clamp(min=1e-9))
+    loss = _loss_function(_dense_loss, settings)
     final = _optimise([([cams.quat, cams.trans, cams.log_focal, cams.log_depth, pair_quat,
-                        pair_trans, pair_log_scale], 1.0)], loss, settings)
-    return cams.estimate(cams.log_depth.exp(), init.confidence), final
+                        pair_trans, pair_log_scale], 1.0)],
+                      lambda: loss(cams.state(), pair_quat, pair_trans, pair_log_scale, dense),
+                      settings)
+    return cams.estimate(cams.log_depth.detach().exp(), init.confidence), final
 
 
 @dataclass(frozen=True)
@@ -341,6 +413,92 @@ class Correspondences:
     weight: torch.Tensor
 
 
+class _MatchedPixels(NamedTuple):
+    """Matches laid out per pair side, as the sparse losses read them.
+
+    Group ``g < U`` holds the first ends of the matches of pair ``g`` (in view ``view[g]``),
+    group ``U + g`` their second ends, each padded to the ``K`` matches of the largest pair
+    (padding repeats a real match with weight 0). Per-view parameters are then gathered once
+    per group, not once per match: scattering the gradients of 10^5 matches onto 16 views
+    was most of the alignment's GPU time.
+
+    ``view``, ``other``: ``(2U,)`` the group's view and the view of its matches' other ends;
+    ``uv``: ``(2U, K, 2)`` pixels; ``grid_xy``: ``(2U, K, 1, 2)`` the same pixels in
+    ``grid_sample`` coordinates; ``target``: ``(2U, K, 2)`` the other ends' pixels; ``depth``:
+    ``(2U, K)`` initial depths; ``weight``: ``(U, K)`` match weights summing to 1.
+    """
+
+    view: torch.Tensor
+    other: torch.Tensor
+    uv: torch.Tensor
+    grid_xy: torch.Tensor
+    target: torch.Tensor
+    depth: torch.Tensor
+    weight: torch.Tensor
+
+
+def grid_coordinates(uv: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pixels ``(..., 2)`` (x, y) of a ``height x width`` image in ``F.grid_sample``
+    coordinates (``align_corners=True``: -1 and 1 are the corner pixels' centres), so that
+    sampling a coarse grid there reads what ``F.interpolate(..., align_corners=True)`` to
+    full resolution gives at those pixels."""
+    scale = uv.new_tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)])
+    return uv * scale - 1
+
+
+def _matched_pixels(pred: PairPredictions, matches: Correspondences, depth: torch.Tensor
+                    ) -> _MatchedPixels:
+    """Group the matches by pair and pad them (see :class:`_MatchedPixels`)."""
+    _, H, W = depth.shape
+    order = torch.argsort(matches.pair, stable=True)
+    pairs, counts = torch.unique_consecutive(matches.pair[order], return_counts=True)
+    U, K = len(pairs), int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    group = torch.repeat_interleave(torch.arange(U, device=counts.device), counts)
+    slot = torch.arange(len(order), device=counts.device) - starts[group]
+    index = order[starts].repeat_interleave(K).reshape(U, K)      # padding: the first match
+    index[group, slot] = order
+    weight = torch.zeros(U, K, device=depth.device)
+    weight[group, slot] = matches.weight[order].float()
+    view = torch.cat([pred.first[pairs], pred.second[pairs]])
+    pixels = torch.cat([matches.pixel1[index], matches.pixel2[index]])       # (2U, K)
+    uv = pixel_grid(H, W, depth).reshape(-1, 2)[pixels]
+    return _MatchedPixels(view, view.roll(U), uv, grid_coordinates(uv, H, W)[:, :, None],
+                          uv.roll(U, 0), depth.flatten(1)[view[:, None], pixels],
+                          weight / weight.sum().clamp(min=1e-12))
+
+
+def _match_points(cams: _CameraState, ends: _MatchedPixels) -> torch.Tensor:
+    """``(2U, K, 3)`` world points of the match ends under the current cameras."""
+    correction = F.grid_sample(cams.log_depth[ends.view], ends.grid_xy, mode="bilinear",
+                               align_corners=True)[:, 0, :, 0]
+    focal = cams.log_focal.exp()[ends.view, None, None]
+    ray = torch.cat([(ends.uv - cams.principal_point[ends.view, None]) / focal,
+                     torch.ones_like(ends.depth)[..., None]], -1)
+    rotation = quaternion_to_rotation(cams.quat)[ends.view]
+    return rotate(rotation, ray * (ends.depth * correction.exp())[..., None]) \
+        + cams.trans[ends.view, None]
+
+
+def _sparse_loss_3d(cams: _CameraState, ends: _MatchedPixels, scene_scale: torch.Tensor
+                    ) -> torch.Tensor:
+    """Weighted distance between the two ends of every match, in units of the scene depth."""
+    first, second = _match_points(cams, ends).chunk(2)
+    return (ends.weight * (first - second).norm(dim=-1)).sum() / scene_scale
+
+
+def _sparse_loss_2d(cams: _CameraState, ends: _MatchedPixels) -> torch.Tensor:
+    """Weighted reprojection error (pixels) of every match end in the other view."""
+    rotation = quaternion_to_rotation(cams.quat)[ends.other]
+    cam = rotate(rotation.transpose(-1, -2),
+                 _match_points(cams, ends) - cams.trans[ends.other, None])
+    focal = cams.log_focal.exp()[ends.other, None, None]
+    uv = cam[..., :2] / cam[..., 2:].clamp(min=1e-6) * focal \
+        + cams.principal_point[ends.other, None]
+    first, second = (uv - ends.target).norm(dim=-1).chunk(2)
+    return (ends.weight * (first + second)).sum() / 2
+
+
 def refine_sparse(pred: PairPredictions, matches: Correspondences, init: ViewEstimate,
                   settings: AlignmentSettings, optimise_focal: bool = True
                   ) -> tuple[ViewEstimate, float]:
@@ -349,52 +507,25 @@ def refine_sparse(pred: PairPredictions, matches: Correspondences, init: ViewEst
 
     Unknowns per view: pose, log focal, log depth scale, and a coarse log-depth correction
     grid (every ``settings.grid`` pixels, bilinearly interpolated) that lets the depth maps
-    bend where matches ask for it.
+    bend where matches ask for it. The losses only evaluate the matched pixels.
     """
     if len(matches.pair) == 0:
         raise ValueError("no correspondences between any pair: sparse alignment impossible")
     n, H, W = init.depth.shape
-    dev = init.depth.device
     gh, gw = max(2, math.ceil(H / settings.grid) + 1), max(2, math.ceil(W / settings.grid) + 1)
-    cams = _Cameras(init, optimise_focal, torch.zeros(n, 1, gh, gw, device=dev))
+    cams = _Cameras(init, optimise_focal, torch.zeros(n, 1, gh, gw, device=init.depth.device))
     base_depth = init.depth.float()
-    i, j = pred.first[matches.pair], pred.second[matches.pair]
-    weight = matches.weight.float() / matches.weight.float().sum().clamp(min=1e-12)
-    uv1 = pixel_grid(H, W, base_depth).reshape(-1, 2)[matches.pixel1]
-    uv2 = pixel_grid(H, W, base_depth).reshape(-1, 2)[matches.pixel2]
-    scene_scale = float(init.depth.median())
-
-    def depth() -> torch.Tensor:
-        correction = F.interpolate(cams.log_depth, size=(H, W), mode="bilinear",
-                                   align_corners=True)[:, 0]
-        return base_depth * correction.exp()
-
-    def matched_points() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        world = world_points(depth(), cams.log_focal.exp(), cams.principal_point, cams.poses())
-        flat = world.reshape(n, -1, 3)
-        return flat[i, matches.pixel1], flat[j, matches.pixel2], world
-
-    def loss_3d() -> torch.Tensor:
-        a, b, _ = matched_points()
-        return (weight * (a - b).norm(dim=-1)).sum() / scene_scale
-
-    def reprojection(points: torch.Tensor, view: torch.Tensor, target: torch.Tensor
-                     ) -> torch.Tensor:
-        poses = cams.poses()[view]
-        cam = torch.einsum("mji,mj->mi", poses[:, :3, :3], points - poses[:, :3, 3])
-        uv = cam[:, :2] / cam[:, 2:].clamp(min=1e-6) * cams.log_focal.exp()[view, None] \
-            + cams.principal_point[view]
-        return (uv - target).norm(dim=-1)
-
-    def loss_2d() -> torch.Tensor:
-        a, b, _ = matched_points()
-        return (weight * (reprojection(a, j, uv2) + reprojection(b, i, uv1))).sum() / 2
-
+    ends = _matched_pixels(pred, matches, base_depth)
+    scene_scale = init.depth.median().float()
+    loss_3d = _loss_function(_sparse_loss_3d, settings, dynamic=True)
+    loss_2d = _loss_function(_sparse_loss_2d, settings, dynamic=True)
     # focal and depth corrections move slower: a step of lr in a log is lr of the value
     groups = [([cams.quat, cams.trans], 1.0), ([cams.log_focal, cams.log_depth], 0.1)]
-    _optimise(groups, loss_3d, settings)
-    final = _optimise(groups, loss_2d, settings)
-    return cams.estimate(depth(), init.confidence), final
+    _optimise(groups, lambda: loss_3d(cams.state(), ends, scene_scale), settings)
+    final = _optimise(groups, lambda: loss_2d(cams.state(), ends), settings)
+    correction = F.interpolate(cams.log_depth.detach(), size=(H, W), mode="bilinear",
+                               align_corners=True)[:, 0]
+    return cams.estimate(base_depth * correction.exp(), init.confidence), final
 
 
 def calibrated_points(pred: PairPredictions, intrinsics: torch.Tensor,

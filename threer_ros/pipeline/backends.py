@@ -53,6 +53,8 @@ class BackendOptions:
         outlier_neighbours: Neighbours of the statistical outlier removal (0 = off).
         outlier_std_ratio: Its threshold, in standard deviations.
         compile_network: ``torch.compile`` the network's blocks and heads.
+        compile_alignment: ``torch.compile`` the full global alignment's losses (MASt3R,
+            Pow3R).
     """
 
     device: str = "auto"
@@ -72,6 +74,7 @@ class BackendOptions:
     outlier_neighbours: int = 16
     outlier_std_ratio: float = 2.0
     compile_network: bool = False
+    compile_alignment: bool = False
 
     def fusion_settings(self) -> FusionSettings:
         """The fused cloud's filtering settings."""

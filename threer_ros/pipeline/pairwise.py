@@ -93,7 +93,8 @@ class PairSettings:
     Attributes:
         graph, neighbours, batch: Node parameters ``pair_graph``, ``graph_neighbours``,
             ``pair_batch``.
-        alignment: Node parameters ``alignment_iterations`` and ``alignment_lr``.
+        alignment: Node parameters ``alignment_iterations``, ``alignment_lr`` and
+            ``compile_alignment``.
         match_subsample: Seed grid stride (pixels) of the fast reciprocal matching.
         match_tolerance: A match is kept when the pair's own pointmaps put its two points
             within this fraction of the median depth of each other.
@@ -115,7 +116,7 @@ class PairSettings:
         (the rest at their defaults)."""
         return cls(options.pair_graph, options.graph_neighbours, options.pair_batch,
                    replace(AlignmentSettings(), iterations=options.alignment_iterations,
-                           lr=options.alignment_lr))
+                           lr=options.alignment_lr, compile=options.compile_alignment))
 
 
 class PairwiseReconstructor:
@@ -175,10 +176,13 @@ class PairwiseReconstructor:
         with torch.enable_grad():
             init = spanning_tree_init(pred, n, focal, principal)
             timings["init"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            matches = None if descriptors is None else self._match(pred, descriptors)
-            if matches is not None:
+            matches = None
+            if descriptors is not None:
+                t0 = time.perf_counter()
+                matches = self._match(pred, descriptors)
                 info["matches"] = float(len(matches.pair))
+                timings["matching"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             if matches is not None and len(matches.pair) >= self.pairs.min_matches:
                 views, loss = refine_sparse(pred, matches, init, self.pairs.alignment,
                                             optimise_focal=not known)
