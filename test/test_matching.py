@@ -7,7 +7,8 @@ import torch
 from torch.nn.functional import normalize
 
 from threer_ros.geometry.matching import (ReciprocalMatches, fast_reciprocal_matches,
-                                          nearest_neighbours, reciprocal_matches_brute_force)
+                                          fast_reciprocal_matches_batched, nearest_neighbours,
+                                          reciprocal_matches_brute_force)
 
 
 def random_descriptors(shape: tuple[int, ...], seed: int,
@@ -152,6 +153,25 @@ def test_fast_matches_keep_dtype_and_reject_bad_shapes() -> None:
         fast_reciprocal_matches(desc1, desc1[..., :4])
     with pytest.raises(ValueError):
         fast_reciprocal_matches(desc1, desc1, subsample=0)
+
+
+def test_pairs_matched_together_match_as_each_alone() -> None:
+    """The batched matching keeps the pairs apart: each pair's matches and search count are
+    those of matching it alone, with differently sized first and second images."""
+    pairs = [shifted_pair(20, 24, 8, shift, seed) for seed, shift in
+             enumerate([(0, 0), (3, 1), (1, 4)])]
+    first = torch.stack([a for a, _ in pairs])
+    second = torch.stack([b[:18] for _, b in pairs])        # 18 x 24 second images
+    together = fast_reciprocal_matches_batched(first, second, subsample=3)
+    assert len(together) == 3
+    for a, b, both in zip(first, second, together):
+        alone = fast_reciprocal_matches(a, b, subsample=3)
+        assert torch.equal(both.pixels1, alone.pixels1)
+        assert torch.equal(both.pixels2, alone.pixels2)
+        assert both.comparisons == alone.comparisons
+        assert pair_set(both, 24, 24) <= brute_force_set(a, b)
+    with pytest.raises(ValueError, match="each side of one shape"):
+        fast_reciprocal_matches_batched([first[0], first[1, :10]], list(second[:2]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -171,6 +171,7 @@ def test_pair_graphs_are_symmetric_and_knn_follows_the_rig():
     centres = np.array([[0, 0, 0], [1, 0, 0], [2.5, 0, 0], [4, 0, 0]], float)
     knn = pair_graph("knn", 4, neighbours=1, centres=centres)
     assert knn == [(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2)]
+    assert pair_graph("knn", 4, neighbours=4) == pair_graph("complete", 4)   # no self-pairs
     ring = pair_graph("knn", 6, neighbours=2)          # no extrinsics: neighbours by index
     assert (0, 5) in ring and (0, 1) in ring and (0, 3) not in ring
     with pytest.raises(ValueError, match="unknown pair graph 'star'"):

@@ -233,7 +233,8 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
     (:class:`ReleasedWithOracle`) at 512 pixels; ``compiled`` compiles its blocks and heads,
     ``compiled_alignment`` the full alignment's losses; pairwise networks decode ``pair_batch``
     pairs at a time.
-    Also reports the growth of allocated GPU memory from the first timed set to the last.
+    Also reports the growth of allocated GPU memory from the first timed set to the last, and
+    the last set's ``info`` (pose disagreement with the calibration, matches, loss).
     """
     from threer_ros.data.synthetic import SyntheticRig
     from threer_ros.pipeline.backends import BackendOptions, make_reconstructor
@@ -266,7 +267,8 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
             "pair_batch": pair_batch, "cameras": len(frames.frames), "width": width,
             "height": height, "points": len(recon.points), "peak_gib": peak,
             "allocated_growth_mib": (allocated[-1] - allocated[0]) / 2**20 if allocated else 0.0,
-            "median_ms": {k: 1e3 * statistics.median(v) for k, v in stages.items()}}
+            "median_ms": {k: 1e3 * statistics.median(v) for k, v in stages.items()},
+            "last_set_info": {k: float(v) for k, v in recon.info.items()}}
 
 
 def _network_backend(name: str, frames, options, device: torch.device):

@@ -12,6 +12,7 @@ Similarity is the dot product of descriptors, computed in their dtype on their d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,20 +80,34 @@ def reciprocal_matches_brute_force(desc1: Tensor, desc2: Tensor) -> tuple[Tensor
 
 
 class _CachedNeighbours:
-    """Nearest neighbour in ``targets`` of each ``sources`` row, computed once per row."""
+    """Nearest neighbour of pixels of image A in image B, for several image pairs at once,
+    each pixel's computed once.
 
-    def __init__(self, sources: Tensor, targets: Tensor, chunk: int) -> None:
+    Pixels are global ids ``pair * P + pixel`` (``P`` pixels per image); the result is the
+    pixel index in the same pair's image B. Each call waits for the device once (to size the
+    per-pair searches), however many pairs there are.
+    """
+
+    def __init__(self, sources: Sequence[Tensor], targets: Sequence[Tensor], chunk: int
+                 ) -> None:
         self.sources, self.targets, self.chunk = sources, targets, chunk
-        self.table = torch.full((len(sources),), -1, dtype=torch.int64, device=sources.device)
-        self.comparisons = 0
+        self.pixels = len(sources[0])
+        self.table = torch.full((len(sources) * self.pixels,), -1, dtype=torch.int64,
+                                device=sources[0].device)
+        self.comparisons = [0] * len(sources)
 
-    def __call__(self, indices: Tensor) -> Tensor:
-        missing = torch.unique(indices[self.table[indices] < 0])
-        if len(missing):
-            found = nearest_neighbours(self.sources[missing], self.targets, self.chunk)
-            self.table[missing] = found
-            self.comparisons += len(missing) * len(self.targets)
-        return self.table[indices]
+    def __call__(self, ids: Tensor) -> Tensor:
+        missing = torch.unique(ids[self.table[ids] < 0])
+        per_pair = torch.bincount(missing // self.pixels, minlength=len(self.sources)).tolist()
+        found = []
+        for pair, pixels in enumerate(missing.split(per_pair)):
+            if len(pixels):
+                found.append(nearest_neighbours(self.sources[pair][pixels % self.pixels],
+                                                self.targets[pair], self.chunk))
+                self.comparisons[pair] += len(pixels) * len(self.targets[pair])
+        if found:
+            self.table[missing] = torch.cat(found)
+        return self.table[ids]
 
 
 def _grid_seeds(height: int, width: int, stride: int, device: torch.device) -> Tensor:
@@ -129,27 +144,60 @@ def fast_reciprocal_matches(desc1: Tensor, desc2: Tensor, subsample: int = 8,
     Returns:
         The deduplicated matches and the number of dot products computed.
     """
-    if desc1.dim() != 3 or desc2.dim() != 3 or desc1.shape[2] != desc2.shape[2]:
-        raise ValueError(f"expected (H, W, D) descriptors, got {tuple(desc1.shape)} and "
-                         f"{tuple(desc2.shape)}")
+    return fast_reciprocal_matches_batched([desc1], [desc2], subsample, max_iterations,
+                                           chunk)[0]
+
+
+def fast_reciprocal_matches_batched(desc1: Tensor | Sequence[Tensor],
+                                    desc2: Tensor | Sequence[Tensor], subsample: int = 8,
+                                    max_iterations: int = 6, chunk: int = DEFAULT_CHUNK
+                                    ) -> list[ReciprocalMatches]:
+    """:func:`fast_reciprocal_matches` of many image pairs, run together: the device is
+    waited for a few times per iteration, not per pair.
+
+    Args:
+        desc1, desc2: ``(B, H1, W1, D)`` and ``(B, H2, W2, D)`` descriptors (or sequences of
+            B such maps) of the pairs' first and second images.
+
+    Returns:
+        The matches of each pair, in order.
+    """
+    desc1, desc2 = list(desc1), list(desc2)
+    shapes1, shapes2 = {tuple(d.shape) for d in desc1}, {tuple(d.shape) for d in desc2}
+    if len(desc1) != len(desc2) or len(shapes1) > 1 or len(shapes2) > 1 or any(
+            len(s) != 3 for s in shapes1 | shapes2) or len({s[-1] for s in shapes1 | shapes2}) > 1:
+        raise ValueError(f"expected pairs of (H, W, D) descriptors, each side of one shape and "
+                         f"one D, got {sorted(shapes1)} and {sorted(shapes2)}")
     if subsample < 1:
         raise ValueError(f"subsample must be positive, got {subsample}")
-    flat1, flat2 = desc1.reshape(-1, desc1.shape[2]), desc2.reshape(-1, desc2.shape[2])
+    if not desc1:
+        return []
+    (h1, w1, dim), (_, w2, _) = desc1[0].shape, desc2[0].shape
+    flat1 = [d.reshape(-1, dim) for d in desc1]
+    flat2 = [d.reshape(-1, dim) for d in desc2]
+    p1, p2 = len(flat1[0]), len(flat2[0])
+    device = desc1[0].device
     nn12 = _CachedNeighbours(flat1, flat2, chunk)
     nn21 = _CachedNeighbours(flat2, flat1, chunk)
-    active = torch.unique(_grid_seeds(desc1.shape[0], desc1.shape[1], subsample, desc1.device))
-    converged = torch.zeros(len(flat1), dtype=torch.bool, device=desc1.device)
+    pair_start = torch.arange(len(desc1), device=device)[:, None]
+    active = (pair_start * p1 + _grid_seeds(h1, w1, subsample, device)).reshape(-1)
+    converged = torch.zeros(len(desc1) * p1, dtype=torch.bool, device=device)
     for _ in range(max_iterations):
         if not len(active):
             break
-        back = nn21(nn12(active))
+        pair = active // p1
+        back = pair * p1 + nn21(pair * p2 + nn12(active))
         fixed = back == active
         converged[active[fixed]] = True
         active = torch.unique(back[~fixed])
         active = active[~converged[active]]
-    idx1 = torch.nonzero(converged)[:, 0]
-    idx2 = nn12.table[idx1]
-    return ReciprocalMatches(pixels1=_to_pixels(idx1, desc1.shape[1]),
-                             pixels2=_to_pixels(idx2, desc2.shape[1]),
-                             similarity=(flat1[idx1] * flat2[idx2]).sum(dim=1),
-                             comparisons=nn12.comparisons + nn21.comparisons)
+    found = torch.nonzero(converged)[:, 0]
+    per_pair = torch.bincount(found // p1, minlength=len(desc1)).tolist()
+    out = []
+    for k, idx in enumerate(found.split(per_pair)):
+        idx1 = idx - k * p1
+        idx2 = nn12.table[idx]
+        out.append(ReciprocalMatches(pixels1=_to_pixels(idx1, w1), pixels2=_to_pixels(idx2, w2),
+                                     similarity=(flat1[k][idx1] * flat2[k][idx2]).sum(dim=1),
+                                     comparisons=nn12.comparisons[k] + nn21.comparisons[k]))
+    return out

@@ -63,7 +63,7 @@ def pair_graph(kind: str, n: int, neighbours: int = 4, centres: np.ndarray | Non
             distance = np.minimum(gap, n - gap).astype(float)
         np.fill_diagonal(distance, np.inf)
         undirected = {tuple(sorted((i, int(j)))) for i in range(n)
-                      for j in np.argsort(distance[i], kind="stable")[:neighbours]}
+                      for j in np.argsort(distance[i], kind="stable")[:min(neighbours, n - 1)]}
         undirected |= _nearest_tree(distance)   # clusters of cameras stay connected
     else:
         raise ValueError(f"unknown pair graph {kind!r}: use {', '.join(GRAPHS)}")
@@ -264,31 +264,32 @@ class PairwiseReconstructor:
 
     def _match(self, pred: PairPredictions, descriptors) -> Correspondences:
         """Fast reciprocal matches of every undirected pair (from its ``i < j`` direction)."""
-        from threer_ros.geometry.matching import fast_reciprocal_matches
+        from threer_ros.geometry.matching import fast_reciprocal_matches_batched
 
         desc1, desc2, conf1, conf2 = descriptors
         W = pred.points1.shape[2]
+        pairs = [e for e, (i, j) in enumerate(zip(pred.first.tolist(), pred.second.tolist()))
+                 if i < j]
+        found = fast_reciprocal_matches_batched([desc1[e] for e in pairs],
+                                                [desc2[e] for e in pairs],
+                                                subsample=self.pairs.match_subsample)
         parts = []
-        for e, (i, j) in enumerate(zip(pred.first.tolist(), pred.second.tolist())):
-            if i > j:
-                continue
-            found = fast_reciprocal_matches(desc1[e], desc2[e],
-                                            subsample=self.pairs.match_subsample)
-            flat1 = found.pixels1[:, 1] * W + found.pixels1[:, 0]
-            flat2 = found.pixels2[:, 1] * W + found.pixels2[:, 0]
+        for e, matches in zip(pairs, found):
+            flat1 = matches.pixels1[:, 1] * W + matches.pixels1[:, 0]
+            flat2 = matches.pixels2[:, 1] * W + matches.pixels2[:, 0]
             # keep matches whose two points the pair itself puts close together
             p1 = pred.points1[e].reshape(-1, 3)[flat1]
             p2 = pred.points2[e].reshape(-1, 3)[flat2]
             depth = p1[:, 2].abs().median().clamp(min=1e-12)
             near = (p1 - p2).norm(dim=-1) <= self.pairs.match_tolerance * depth
-            flat1, flat2 = flat1[near], flat2[near]
             weight = (conf1[e].reshape(-1)[flat1] * conf2[e].reshape(-1)[flat2]).sqrt()
-            parts.append((torch.full_like(flat1, e), flat1, flat2, weight))
+            parts.append((torch.full_like(flat1, e), flat1, flat2, weight, near))
         dev = pred.points1.device
         if not parts:
             empty = torch.zeros(0, dtype=torch.int64, device=dev)
             return Correspondences(empty, empty, empty, empty.float())
-        return Correspondences(*(torch.cat(p).to(dev) for p in zip(*parts)))
+        *columns, near = (torch.cat(p).to(dev) for p in zip(*parts))
+        return Correspondences(*(c[near] for c in columns))
 
 
 class MASt3RReconstructor(PairwiseReconstructor):
