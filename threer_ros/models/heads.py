@@ -146,23 +146,14 @@ class DPT(nn.Module):
             nn.Conv2d(feat, feat // 2, 3, padding=1), _Upsample(),
             nn.Conv2d(feat // 2, widths.last_dim, 3, padding=1), nn.ReLU(True),
             nn.Conv2d(widths.last_dim, out_channels, 1))
-        # channels-last end to end: the token grids of forward() are channels-last views, and
-        # convolutions, upsampling and additions then stay in the layout GPUs run fastest; again
-        # after loading a checkpoint, whose tensors replace the parameters
-        self._to_channels_last()
-        self.register_load_state_dict_post_hook(lambda module, _: module._to_channels_last())
-
-    def _to_channels_last(self) -> None:
-        self.to(memory_format=torch.channels_last)
 
     def forward(self, tokens: Sequence[torch.Tensor], height: int, width: int) -> torch.Tensor:
-        """``tokens``: the decoder's token list; returns (B, out_channels, height, width)
-        (a channels-last tensor)."""
+        """``tokens``: the decoder's token list; returns (B, out_channels, height, width)."""
         rows, cols = height // self.patch, width // self.patch
         levels = []
         for i, hook in enumerate(self.hooks):
             t = tokens[hook]
-            grid = t.reshape(t.shape[0], rows, cols, t.shape[2]).permute(0, 3, 1, 2)
+            grid = t.transpose(1, 2).reshape(t.shape[0], t.shape[2], rows, cols)
             levels.append(self.scratch.layer_rn[i](self.act_postprocess[i](grid)))
         s = self.scratch
         x = s.refinenet4(levels[3])[:, :, :levels[2].shape[2], :levels[2].shape[3]]
