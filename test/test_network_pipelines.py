@@ -14,8 +14,9 @@ import torch
 
 from threer_ros.data.synthetic import SyntheticRig
 from threer_ros.geometry.fusion import FusionSettings, accuracy_completeness
-from threer_ros.geometry.global_alignment import AlignmentSettings, grid_coordinates
+from threer_ros.geometry.global_alignment import AlignmentSettings
 from threer_ros.geometry.registration import align_to_reference, pixel_grid, pose_disagreement
+from threer_ros.geometry.sparse_alignment import grid_coordinates
 from threer_ros.pipeline.fast3r import Fast3RReconstructor
 from threer_ros.pipeline.network import NetworkSettings, prepare_network_images
 from threer_ros.pipeline.oracle import (HEAD_CONFIDENCE, OracleFast3R, OraclePairNetwork,

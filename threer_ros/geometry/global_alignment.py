@@ -11,9 +11,8 @@ pair's pointmaps onto the views' back-projected depth maps.
 * :func:`refine_dense` minimises the confidence-weighted distance between every pair's
   pointmaps (mapped by ``S_e``) and the views' back-projected depths over all pixels (Adam,
   cosine learning-rate decay), as DUSt3R's global aligner does.
-* :func:`refine_sparse` uses only pixel correspondences (e.g. MASt3R descriptor matches): a
-  3D-distance stage, then a reprojection stage, over per-view pose, focal, depth scale and a
-  coarse depth-correction grid.
+* :func:`threer_ros.geometry.sparse_alignment.refine_sparse` uses only pixel correspondences
+  (MASt3R's descriptor matches) instead, with the camera parametrisation defined here.
 * :func:`calibrated_points` is the calibrated fast path: poses and intrinsics fixed, one
   closed-form scale per pair.
 
@@ -24,15 +23,13 @@ float64 fits.
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from threer_ros.geometry.optimisation import compiled_if, minimise
 from threer_ros.geometry.registration import (estimate_focal, fit_similarity_batched,
                                               pixel_grid, ray_consistent_scale)
 
@@ -263,7 +260,18 @@ def rotation_to_quaternion(R: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, y, z, w], -1)
 
 
-class _Cameras(torch.nn.Module):
+class CameraState(NamedTuple):
+    """Optimised camera tensors (see :class:`CameraParameters`), as the losses take them:
+    losses are functions of tensors only, so that a compiled loss is reused across sets."""
+
+    quat: torch.Tensor
+    trans: torch.Tensor
+    log_focal: torch.Tensor
+    log_depth: torch.Tensor
+    principal_point: torch.Tensor
+
+
+class CameraParameters(torch.nn.Module):
     """Optimisable poses (quaternion, translation), log focal and log depth (a per-pixel map,
     or the sparse alignment's correction grid) of N views."""
 
@@ -278,9 +286,9 @@ class _Cameras(torch.nn.Module):
         self.log_depth = torch.nn.Parameter(log_depth)
         self.principal_point = init.principal_point.float()
 
-    def state(self) -> "_CameraState":
+    def state(self) -> CameraState:
         """The tensors the losses read."""
-        return _CameraState(self.quat, self.trans, self.log_focal, self.log_depth,
+        return CameraState(self.quat, self.trans, self.log_focal, self.log_depth,
                             self.principal_point)
 
     def estimate(self, depth: torch.Tensor, confidence: torch.Tensor) -> ViewEstimate:
@@ -290,93 +298,6 @@ class _Cameras(torch.nn.Module):
         poses[:, :3, 3] = self.trans.detach().double()
         return ViewEstimate(poses, self.log_focal.detach().exp().double(), depth.detach(),
                             confidence, self.principal_point.double())
-
-
-class _CameraState(NamedTuple):
-    """Optimised camera tensors (see :class:`_Cameras`), as the losses take them."""
-
-    quat: torch.Tensor
-    trans: torch.Tensor
-    log_focal: torch.Tensor
-    log_depth: torch.Tensor
-    principal_point: torch.Tensor
-
-
-#: Steps run normally before the rest of an optimisation on a GPU is replayed from a CUDA graph.
-_GRAPH_WARMUP_STEPS = 3
-
-
-def _optimise(groups: list[tuple[list[torch.nn.Parameter], float]], loss_fn,
-              settings: AlignmentSettings) -> float:
-    """Adam over parameter ``groups`` (parameters, learning-rate factor), the rate decaying
-    from ``lr * factor`` to a hundredth of it (cosine); returns the final loss.
-
-    On a GPU, after a few ordinary steps, one step (loss, backward, fused Adam) is captured
-    as a CUDA graph and replayed for the remaining steps: a step's hundreds of small kernels
-    then cost their GPU time only, not one Python dispatch each, and nothing waits for the
-    device until the end.
-    """
-    param_groups = [{"params": [p for p in params if p.requires_grad], "factor": factor}
-                    for params, factor in groups]
-    param_groups = [g for g in param_groups if g["params"]]
-    device = param_groups[0]["params"][0].device
-    graphed = device.type == "cuda" and settings.iterations > _GRAPH_WARMUP_STEPS + 1
-    if graphed:      # rates live on the device, so that the graph reads each step's
-        for group in param_groups:
-            group["lr"] = torch.tensor(settings.lr * group["factor"], device=device)
-    optimiser = torch.optim.Adam(param_groups, lr=settings.lr, betas=(0.9, 0.9),
-                                 fused=device.type == "cuda" or None, capturable=graphed)
-
-    def set_rate(step: int) -> None:
-        decay = 0.01 + 0.99 * (1 + math.cos(math.pi * step / max(settings.iterations, 1))) / 2
-        for group in optimiser.param_groups:
-            rate = settings.lr * group["factor"] * decay
-            if graphed:
-                group["lr"].fill_(rate)
-            else:
-                group["lr"] = rate
-
-    def step() -> torch.Tensor:
-        loss = loss_fn()
-        loss.backward()
-        optimiser.step()
-        return loss
-
-    def ordinary_steps(steps: range) -> torch.Tensor:
-        loss = torch.zeros(())
-        for k in steps:
-            set_rate(k)
-            optimiser.zero_grad()
-            loss = step()
-        return loss
-
-    if not graphed:
-        return float(ordinary_steps(range(settings.iterations)).detach())
-    side = torch.cuda.Stream(device)        # warm-up off the stream that will be captured
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        ordinary_steps(range(_GRAPH_WARMUP_STEPS))
-    torch.cuda.current_stream(device).wait_stream(side)
-    optimiser.zero_grad()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):      # backward writes the gradients afresh at each replay
-        loss = step()
-    for k in range(_GRAPH_WARMUP_STEPS, settings.iterations):
-        set_rate(k)
-        graph.replay()
-    return float(loss.detach())
-
-
-@functools.cache
-def _compiled(loss: Callable, dynamic: bool | None) -> Callable:
-    """``torch.compile`` of a loss (forward and backward fused into a few kernels), made once
-    per process; each new input shape compiles on its first call."""
-    return torch.compile(loss, dynamic=dynamic)
-
-
-def _loss_function(loss: Callable, settings: AlignmentSettings, dynamic: bool | None = None
-                   ) -> Callable:
-    return _compiled(loss, dynamic) if settings.compile else loss
 
 
 class _DenseTargets(NamedTuple):
@@ -391,7 +312,7 @@ class _DenseTargets(NamedTuple):
     norm: torch.Tensor
 
 
-def _dense_loss(cams: _CameraState, pair_quat: torch.Tensor, pair_trans: torch.Tensor,
+def _dense_loss(cams: CameraState, pair_quat: torch.Tensor, pair_trans: torch.Tensor,
                 pair_log_scale: torch.Tensor, targets: _DenseTargets) -> torch.Tensor:
     """Mean over pairs of the weighted distance between ``S_e`` applied to the pair's
     pointmaps and the views' back-projected depths (pair log scales centred)."""
@@ -424,150 +345,19 @@ def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentS
     init = ViewEstimate(torch.cat([init.cam_to_world[:, :3], init.cam_to_world[:, 3:]], 1),
                         init.focal, init.depth / gauge, init.confidence, init.principal_point)
     init.cam_to_world[:, :3, 3] /= gauge
-    cams = _Cameras(init, optimise_focal, init.depth.float().log())
+    cams = CameraParameters(init, optimise_focal, init.depth.float().log())
     pair_quat = torch.nn.Parameter(rotation_to_quaternion(R).float())
     pair_trans = torch.nn.Parameter((t / gauge).float())
     pair_log_scale = torch.nn.Parameter((s / gauge).float().log())
     w1, w2 = pred.conf1.float().log(), pred.conf2.float().log()
     dense = _DenseTargets(pred.first, pred.second, pred.points1.float(), pred.points2.float(),
                           w1, w2, (w1.sum((1, 2)) + w2.sum((1, 2))).clamp(min=1e-9))
-    loss = _loss_function(_dense_loss, settings)
-    final = _optimise([([cams.quat, cams.trans, cams.log_focal, cams.log_depth, pair_quat,
-                        pair_trans, pair_log_scale], 1.0)],
-                      lambda: loss(cams.state(), pair_quat, pair_trans, pair_log_scale, dense),
-                      settings)
+    loss = compiled_if(settings.compile, _dense_loss)
+    final = minimise([([cams.quat, cams.trans, cams.log_focal, cams.log_depth, pair_quat,
+                       pair_trans, pair_log_scale], 1.0)],
+                     lambda: loss(cams.state(), pair_quat, pair_trans, pair_log_scale, dense),
+                     settings.iterations, settings.lr)
     return cams.estimate(cams.log_depth.detach().exp(), init.confidence), final
-
-
-@dataclass(frozen=True)
-class Correspondences:
-    """Pixel matches of pair ``e`` between views ``first[e]`` and ``second[e]``.
-
-    Attributes:
-        pair: ``(M,)`` index of each match's pair.
-        pixel1, pixel2: ``(M,)`` flat pixel indices (row * W + column) in each view.
-        weight: ``(M,)`` non-negative weights.
-    """
-
-    pair: torch.Tensor
-    pixel1: torch.Tensor
-    pixel2: torch.Tensor
-    weight: torch.Tensor
-
-
-class _MatchedPixels(NamedTuple):
-    """Matches laid out per pair side, as the sparse losses read them.
-
-    Group ``g < U`` holds the first ends of the matches of pair ``g`` (in view ``view[g]``),
-    group ``U + g`` their second ends, each padded to the ``K`` matches of the largest pair
-    (padding repeats a real match with weight 0). Per-view parameters are then gathered once
-    per group, not once per match: scattering the gradients of 10^5 matches onto 16 views
-    was most of the alignment's GPU time.
-
-    ``view``, ``other``: ``(2U,)`` the group's view and the view of its matches' other ends;
-    ``uv``: ``(2U, K, 2)`` pixels; ``grid_xy``: ``(2U, K, 1, 2)`` the same pixels in
-    ``grid_sample`` coordinates; ``target``: ``(2U, K, 2)`` the other ends' pixels; ``depth``:
-    ``(2U, K)`` initial depths; ``weight``: ``(U, K)`` match weights summing to 1.
-    """
-
-    view: torch.Tensor
-    other: torch.Tensor
-    uv: torch.Tensor
-    grid_xy: torch.Tensor
-    target: torch.Tensor
-    depth: torch.Tensor
-    weight: torch.Tensor
-
-
-def grid_coordinates(uv: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pixels ``(..., 2)`` (x, y) of a ``height x width`` image in ``F.grid_sample``
-    coordinates (``align_corners=True``: -1 and 1 are the corner pixels' centres), so that
-    sampling a coarse grid there reads what ``F.interpolate(..., align_corners=True)`` to
-    full resolution gives at those pixels."""
-    scale = uv.new_tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)])
-    return uv * scale - 1
-
-
-def _matched_pixels(pred: PairPredictions, matches: Correspondences, depth: torch.Tensor
-                    ) -> _MatchedPixels:
-    """Group the matches by pair and pad them (see :class:`_MatchedPixels`)."""
-    _, H, W = depth.shape
-    order = torch.argsort(matches.pair, stable=True)
-    pairs, counts = torch.unique_consecutive(matches.pair[order], return_counts=True)
-    U, K = len(pairs), int(counts.max())
-    starts = torch.cumsum(counts, 0) - counts
-    group = torch.repeat_interleave(torch.arange(U, device=counts.device), counts)
-    slot = torch.arange(len(order), device=counts.device) - starts[group]
-    index = order[starts].repeat_interleave(K).reshape(U, K)      # padding: the first match
-    index[group, slot] = order
-    weight = torch.zeros(U, K, device=depth.device)
-    weight[group, slot] = matches.weight[order].float()
-    view = torch.cat([pred.first[pairs], pred.second[pairs]])
-    pixels = torch.cat([matches.pixel1[index], matches.pixel2[index]])       # (2U, K)
-    uv = pixel_grid(H, W, depth).reshape(-1, 2)[pixels]
-    return _MatchedPixels(view, view.roll(U), uv, grid_coordinates(uv, H, W)[:, :, None],
-                          uv.roll(U, 0), depth.flatten(1)[view[:, None], pixels],
-                          weight / weight.sum().clamp(min=1e-12))
-
-
-def _match_points(cams: _CameraState, ends: _MatchedPixels) -> torch.Tensor:
-    """``(2U, K, 3)`` world points of the match ends under the current cameras."""
-    correction = F.grid_sample(cams.log_depth[ends.view], ends.grid_xy, mode="bilinear",
-                               align_corners=True)[:, 0, :, 0]
-    focal = cams.log_focal.exp()[ends.view, None, None]
-    ray = torch.cat([(ends.uv - cams.principal_point[ends.view, None]) / focal,
-                     torch.ones_like(ends.depth)[..., None]], -1)
-    rotation = quaternion_to_rotation(cams.quat)[ends.view]
-    return rotate(rotation, ray * (ends.depth * correction.exp())[..., None]) \
-        + cams.trans[ends.view, None]
-
-
-def _sparse_loss_3d(cams: _CameraState, ends: _MatchedPixels, scene_scale: torch.Tensor
-                    ) -> torch.Tensor:
-    """Weighted distance between the two ends of every match, in units of the scene depth."""
-    first, second = _match_points(cams, ends).chunk(2)
-    return (ends.weight * (first - second).norm(dim=-1)).sum() / scene_scale
-
-
-def _sparse_loss_2d(cams: _CameraState, ends: _MatchedPixels) -> torch.Tensor:
-    """Weighted reprojection error (pixels) of every match end in the other view."""
-    rotation = quaternion_to_rotation(cams.quat)[ends.other]
-    cam = rotate(rotation.transpose(-1, -2),
-                 _match_points(cams, ends) - cams.trans[ends.other, None])
-    focal = cams.log_focal.exp()[ends.other, None, None]
-    uv = cam[..., :2] / cam[..., 2:].clamp(min=1e-6) * focal \
-        + cams.principal_point[ends.other, None]
-    first, second = (uv - ends.target).norm(dim=-1).chunk(2)
-    return (ends.weight * (first + second)).sum() / 2
-
-
-def refine_sparse(pred: PairPredictions, matches: Correspondences, init: ViewEstimate,
-                  settings: AlignmentSettings, optimise_focal: bool = True
-                  ) -> tuple[ViewEstimate, float]:
-    """MASt3R-style sparse alignment on correspondences: a 3D stage (matched pixels of two
-    views meet in space), then a 2D stage (each matched point reprojects onto its match).
-
-    Unknowns per view: pose, log focal, log depth scale, and a coarse log-depth correction
-    grid (every ``settings.grid`` pixels, bilinearly interpolated) that lets the depth maps
-    bend where matches ask for it. The losses only evaluate the matched pixels.
-    """
-    if len(matches.pair) == 0:
-        raise ValueError("no correspondences between any pair: sparse alignment impossible")
-    n, H, W = init.depth.shape
-    gh, gw = max(2, math.ceil(H / settings.grid) + 1), max(2, math.ceil(W / settings.grid) + 1)
-    cams = _Cameras(init, optimise_focal, torch.zeros(n, 1, gh, gw, device=init.depth.device))
-    base_depth = init.depth.float()
-    ends = _matched_pixels(pred, matches, base_depth)
-    scene_scale = init.depth.median().float()
-    loss_3d = _loss_function(_sparse_loss_3d, settings, dynamic=True)
-    loss_2d = _loss_function(_sparse_loss_2d, settings, dynamic=True)
-    # focal and depth corrections move slower: a step of lr in a log is lr of the value
-    groups = [([cams.quat, cams.trans], 1.0), ([cams.log_focal, cams.log_depth], 0.1)]
-    _optimise(groups, lambda: loss_3d(cams.state(), ends, scene_scale), settings)
-    final = _optimise(groups, lambda: loss_2d(cams.state(), ends), settings)
-    correction = F.interpolate(cams.log_depth.detach(), size=(H, W), mode="bilinear",
-                               align_corners=True)[:, 0]
-    return cams.estimate(base_depth * correction.exp(), init.confidence), final
 
 
 def calibrated_points(pred: PairPredictions, intrinsics: torch.Tensor,

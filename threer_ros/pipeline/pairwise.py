@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from threer_ros.geometry.global_alignment import (AlignmentSettings, Correspondences,
-                                                  PairPredictions, calibrated_points,
-                                                  refine_dense, refine_sparse,
+from threer_ros.geometry.global_alignment import (AlignmentSettings, PairPredictions,
+                                                  calibrated_points, refine_dense,
                                                   spanning_tree_init)
+from threer_ros.geometry.sparse_alignment import Correspondences, refine_sparse
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
                                          load_network, prepare_network_images)
 from threer_ros.pipeline.types import FrameSet, Reconstruction
