@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from threer_ros.cli import main
+from threer_ros.weights import WeightsError
 
 
 def test_bench_backends_reports_stage_medians_memory_and_the_sets_info(tmp_path):
@@ -20,3 +23,33 @@ def test_bench_backends_reports_stage_medians_memory_and_the_sets_info(tmp_path)
                                             if k != "total") > 0
     assert row["points"] > 0 and row["allocated_growth_mib"] == 0.0
     assert isinstance(row["last_set_info"], dict)
+
+
+def test_bench_runs_a_checkpoint_through_the_model_and_the_backend(tmp_path, parity_dir):
+    """``--weights FILE``: the given network, not random weights of the released size (the
+    tiny parity checkpoint keeps this fast on the CPU)."""
+    checkpoint = parity_dir / "mast3r" / "checkpoint.pth"
+    report = tmp_path / "models.json"
+    assert main(["bench", "models", "--models", "mast3r", "--weights", str(checkpoint),
+                 "--dtypes", "fp32", "--pairs", "2", "--size", "64x48", "--repeats", "1",
+                 "--warmup", "0", "--device", "cpu", "--json", str(report)]) == 0
+    (result,) = json.loads(report.read_text())["results"]
+    assert result["weights"] == str(checkpoint) and result["median_ms"] > 0
+    report = tmp_path / "backends.json"
+    assert main(["bench", "backends", "--backends", "mast3r", "--weights", str(checkpoint),
+                 "--widths", "96", "--cameras", "3", "--alignments", "fast", "--repeats", "1",
+                 "--warmup", "0", "--device", "cpu", "--json", str(report)]) == 0
+    (row,) = json.loads(report.read_text())["rows"]
+    assert row["weights"] == str(checkpoint) and row["median_ms"]["network"] > 0
+    assert main(["bench", "models", "--models", "mast3r", "pow3r", "--weights",
+                 str(checkpoint)]) == 2
+
+
+def test_bench_with_released_weights_that_are_missing_says_how_to_get_them(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("THREER_ROS_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(WeightsError, match="threer-ros weights download pow3r"):
+        main(["bench", "models", "--models", "pow3r", "--weights", "released",
+              "--device", "cpu"])

@@ -1,14 +1,15 @@
 """``threer-ros bench``: network speed and numerics, measured.
 
-``bench models`` times the released architectures on random weights: Fast3R runs one forward
-over N views; MASt3R / Pow3R / DUSt3R run a batch of P image pairs of random images. Each
+``bench models`` times the released architectures on random weights (or real ones, ``--weights``):
+Fast3R runs one forward over N views; MASt3R / Pow3R / DUSt3R run a batch of P image pairs of
+random images. Each
 configuration is warmed up, then timed with CUDA events (wall clock on CPU); the report gives
 the median and the peak GPU memory, as a table and as JSON.
 
 ``bench backends`` runs reconstruction backends on the synthetic 16-camera rig and reports the
 median time of each stage and the peak GPU memory (network backends: the released
 architecture's time with random weights, the alignment of ground-truth pointmaps; see
-:class:`ReleasedWithOracle`).
+:class:`ReleasedWithOracle`; with ``--weights`` the real network does both).
 
 ``bench parity`` runs the parity fixtures on the device in fp32 and bf16 and reports the largest
 error against the official outputs, relative to each output's range.
@@ -23,7 +24,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -57,6 +58,7 @@ class BenchResult:
     min_ms: float
     peak_gib: float
     repeats: int
+    weights: str = "random"
 
 
 def _views(n: int, batch: int, height: int, width: int, device: torch.device,
@@ -85,18 +87,40 @@ def _timed(fn, device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def weights_path(weights: str, name: str) -> Path | None:
+    """The checkpoint of network ``name`` that ``--weights`` names: ``None`` for ``random``,
+    the downloaded official weights for ``released``, else the given file or folder.
+
+    Raises:
+        WeightsError: the weights are not there (the message says how to get them).
+    """
+    if weights == "random":
+        return None
+    from threer_ros.weights import resolve_checkpoint
+
+    return resolve_checkpoint(name, "" if weights == "released" else weights)
+
+
 def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, width: int,
                 device: torch.device, repeats: int = 10, warmup: int = 3,
-                compiled: bool = False, profile_rows: int = 0) -> BenchResult:
-    """Build ``RELEASED[name]`` with random weights on ``device`` and time its forward.
+                compiled: bool = False, profile_rows: int = 0,
+                weights: str = "random") -> BenchResult:
+    """Build ``RELEASED[name]`` with random weights (or load the checkpoint ``weights`` names,
+    see :func:`weights_path`) on ``device`` and time its forward.
 
     ``compiled`` wraps the model in ``torch.compile`` (the warm-up includes the compilation);
     ``profile_rows > 0`` prints the operators taking the most device time in one more forward.
     """
+    from threer_ros.models import load_model
+
     torch.manual_seed(0)
     param_dtype = PRECISIONS[dtype][0]
-    with device:
-        model = build_model(RELEASED[name])
+    checkpoint = weights_path(weights, name)
+    if checkpoint is None:
+        with device:
+            model = build_model(RELEASED[name])
+    else:
+        model = load_model(checkpoint, device=device)
     model = model.to(dtype=param_dtype).eval()
     if compiled:
         model = torch.compile(model)
@@ -117,7 +141,8 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return BenchResult(name, dtype + ("+compile" if compiled else ""),
                        views if name == "fast3r" else 2, 0 if name == "fast3r" else pairs,
-                       height, width, statistics.median(times), min(times), peak, repeats)
+                       height, width, statistics.median(times), min(times), peak, repeats,
+                       "random" if checkpoint is None else str(checkpoint))
 
 
 def print_profile(fn, device: torch.device, rows: int) -> None:
@@ -224,7 +249,8 @@ class ReleasedWithOracle(torch.nn.Module):
 def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
                   warmup: int = 1, alignment: str = "auto", cameras: int = 16,
                   pair_graph: str = "knn", compiled: bool = False,
-                  compiled_alignment: bool = False, pair_batch: int = 16) -> dict:
+                  compiled_alignment: bool = False, pair_batch: int = 16,
+                  weights: str = "random") -> dict:
     """Median seconds per stage of backend ``name`` on the synthetic rig (``cameras`` portrait
     cameras, ``width`` pixels wide) and the peak GPU memory.
 
@@ -232,7 +258,8 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
     network stage, and align the synthetic rig's ground-truth pointmaps
     (:class:`ReleasedWithOracle`) at 512 pixels; ``compiled`` compiles its blocks and heads,
     ``compiled_alignment`` the full alignment's losses; pairwise networks decode ``pair_batch``
-    pairs at a time.
+    pairs at a time. With real ``weights`` (:func:`weights_path`) the backend runs as the node
+    runs it: the network's answers are aligned and fused.
     Also reports the growth of allocated GPU memory from the first timed set to the last, and
     the last set's ``info`` (pose disagreement with the calibration, matches, loss).
     """
@@ -243,8 +270,11 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
     options = BackendOptions(device=str(device), working_width=width, alignment=alignment,
                              pair_graph=pair_graph, compile_network=compiled,
                              compile_alignment=compiled_alignment, pair_batch=pair_batch)
-    backend = make_reconstructor(name, options) if name == "mvs" else \
-        _network_backend(name, frames, options, device)
+    checkpoint = None if name == "mvs" else weights_path(weights, name)
+    if name == "mvs" or checkpoint is not None:
+        backend = make_reconstructor(name, replace(options, checkpoint=str(checkpoint or "")))
+    else:
+        backend = _network_backend(name, frames, options, device)
     stages: dict[str, list[float]] = {}
     allocated: list[int] = []          # bytes after the first and the last timed set
     if device.type == "cuda":
@@ -264,7 +294,8 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return {"backend": name, "alignment": alignment, "pair_graph": pair_graph,
             "compiled": compiled, "compiled_alignment": compiled_alignment,
-            "pair_batch": pair_batch, "cameras": len(frames.frames), "width": width,
+            "pair_batch": pair_batch, "weights": str(checkpoint or "random"),
+            "cameras": len(frames.frames), "width": width,
             "height": height, "points": len(recon.points), "peak_gib": peak,
             "allocated_growth_mib": (allocated[-1] - allocated[0]) / 2**20 if allocated else 0.0,
             "median_ms": {k: 1e3 * statistics.median(v) for k, v in stages.items()},
@@ -310,6 +341,12 @@ def environment() -> dict[str, str]:
 def _run(args: argparse.Namespace) -> int:
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
+    networks = [b for b in args.backends if b != "mvs"] if args.what == "backends" \
+        else args.models
+    if args.weights not in ("random", "released") and len(networks) > 1:
+        print(f"--weights {args.weights}: a checkpoint holds one network; bench one of "
+              f"{', '.join(networks)} at a time", file=sys.stderr)
+        return 2
     if args.what == "backends":
         rows = []
         for b, w in itertools.product(args.backends, args.widths):
@@ -321,7 +358,8 @@ def _run(args: argparse.Namespace) -> int:
                                       args.compile_alignment if pairwise else ["off"],
                                       args.pair_batch if pairwise else [16]):
                 r = bench_backend(b, w, device, args.repeats, args.warmup, alignment, cameras,
-                                  graph, compiled == "on", compiled_alignment == "on", batch)
+                                  graph, compiled == "on", compiled_alignment == "on", batch,
+                                  args.weights)
                 rows.append(r)
                 stages = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
                 print(f"{b:6s} {alignment:5s} {graph:9s} compile {compiled:3s} "
@@ -354,7 +392,8 @@ def _run(args: argparse.Namespace) -> int:
             for n in counts:
                 r = bench_model(name, dtype, n, args.pairs, height, width, device,
                                 repeats=args.repeats, warmup=args.warmup,
-                                compiled=compiled == "on", profile_rows=args.profile)
+                                compiled=compiled == "on", profile_rows=args.profile,
+                                weights=args.weights)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 results.append(r)
@@ -398,6 +437,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
                    help="torch.compile off and/or on (each a configuration; backends: "
                         "the network's blocks and heads)")
+    p.add_argument("--weights", default="random",
+                   help="random (default: the released architectures, random weights), "
+                        "released (the weights of `threer-ros weights download`), or a "
+                        "checkpoint file/folder (with one model or network backend)")
     p.add_argument("--pair-batch", nargs="+", type=int, default=[16],
                    help="backends: pairs per network batch of MASt3R / Pow3R")
     p.add_argument("--compile-alignment", nargs="+", default=["off"], choices=["off", "on"],
