@@ -84,7 +84,7 @@ class _CachedNeighbours:
     each pixel's computed once.
 
     Pixels are global ids ``pair * P + pixel`` (``P`` pixels per image); the result is the
-    pixel index in the same pair's image B. Each call waits for the device once (to size the
+    pixel index in the same pair's image B. Each call waits for the device twice (to size the
     per-pair searches), however many pairs there are.
     """
 
