@@ -67,7 +67,9 @@ def minimise(groups: list[tuple[list[torch.nn.Parameter], float]],
     torch.cuda.current_stream(device).wait_stream(side)
     optimiser.zero_grad()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):      # backward writes the gradients afresh at each replay
+    # thread-local capture: the node's other threads may use the GPU meanwhile; backward
+    # writes the gradients afresh at each replay
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         loss = step()
     for k in range(GRAPH_WARMUP_STEPS, iterations):
         set_rate(k)
