@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from threer_ros.data.synthetic import SyntheticRig
+from threer_ros.geometry.cameras import pixel_to_grid_matrix
 from threer_ros.geometry.fusion import FusionSettings, accuracy_completeness
 from threer_ros.geometry.global_alignment import AlignmentSettings
 from threer_ros.geometry.registration import align_to_reference, pixel_grid, pose_disagreement
-from threer_ros.geometry.sparse_alignment import grid_coordinates
 from threer_ros.pipeline.fast3r import Fast3RReconstructor
 from threer_ros.pipeline.network import NetworkSettings, prepare_network_images
 from threer_ros.pipeline.oracle import (HEAD_CONFIDENCE, OracleFast3R, OraclePairNetwork,
@@ -160,7 +160,8 @@ def test_sparse_alignment_interpolates_its_depth_grid_like_the_final_depth_maps(
     grid = torch.randn(2, 1, gh, gw)
     full = torch.nn.functional.interpolate(grid, size=(H, W), mode="bilinear",
                                            align_corners=True)
-    xy = grid_coordinates(pixel_grid(H, W, grid), H, W).expand(2, H, W, 2)
+    to_grid = pixel_to_grid_matrix(H, W, grid)
+    xy = (pixel_grid(H, W, grid) @ to_grid[:2, :2].T + to_grid[:2, 2]).expand(2, H, W, 2)
     at_pixels = torch.nn.functional.grid_sample(grid, xy, mode="bilinear", align_corners=True)
     torch.testing.assert_close(at_pixels, full, rtol=1e-5, atol=1e-5)
 

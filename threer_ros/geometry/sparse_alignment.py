@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from threer_ros.geometry.global_alignment import (AlignmentSettings, CameraParameters,
                                                   CameraState, PairPredictions, ViewEstimate,
                                                   quaternion_to_rotation, rotate)
+from threer_ros.geometry.cameras import pixel_to_grid_matrix
 from threer_ros.geometry.optimisation import compiled_if, minimise
 from threer_ros.geometry.registration import pixel_grid
 
@@ -61,15 +62,6 @@ class _MatchedPixels(NamedTuple):
     weight: torch.Tensor
 
 
-def grid_coordinates(uv: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pixels ``(..., 2)`` (x, y) of a ``height x width`` image in ``F.grid_sample``
-    coordinates (``align_corners=True``: -1 and 1 are the corner pixels' centres), so that
-    sampling a coarse grid there reads what ``F.interpolate(..., align_corners=True)`` to
-    full resolution gives at those pixels."""
-    scale = uv.new_tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)])
-    return uv * scale - 1
-
-
 def _matched_pixels(pred: PairPredictions, matches: Correspondences, depth: torch.Tensor
                     ) -> _MatchedPixels:
     """Group the matches by pair and pad them (see :class:`_MatchedPixels`)."""
@@ -87,7 +79,11 @@ def _matched_pixels(pred: PairPredictions, matches: Correspondences, depth: torc
     view = torch.cat([pred.first[pairs], pred.second[pairs]])
     pixels = torch.cat([matches.pixel1[index], matches.pixel2[index]])       # (2U, K)
     uv = pixel_grid(H, W, depth).reshape(-1, 2)[pixels]
-    return _MatchedPixels(view, view.roll(U), uv, grid_coordinates(uv, H, W)[:, :, None],
+    # sampling the coarse grid at these coordinates reads what F.interpolate(...,
+    # align_corners=True) to full resolution gives at the pixels (the final depth maps)
+    to_grid = pixel_to_grid_matrix(H, W, uv)
+    grid_xy = uv @ to_grid[:2, :2].T + to_grid[:2, 2]
+    return _MatchedPixels(view, view.roll(U), uv, grid_xy[:, :, None],
                           uv.roll(U, 0), depth.flatten(1)[view[:, None], pixels],
                           weight / weight.sum().clamp(min=1e-12))
 
