@@ -1,10 +1,10 @@
 """``threer-ros bench``: network speed and numerics, measured.
 
-``bench models`` times the released architectures on random weights (or real ones, ``--weights``):
-Fast3R runs one forward over N views; MASt3R / Pow3R / DUSt3R run a batch of P image pairs of
-random images. Each
-configuration is warmed up, then timed with CUDA events (wall clock on CPU); the report gives
-the median and the peak GPU memory, as a table and as JSON.
+``bench models`` times the released architectures on random weights (or real ones,
+``--weights``): Fast3R runs one forward over N views; MASt3R / Pow3R / DUSt3R run a batch of P
+image pairs of random images. Each configuration is warmed up, then timed with CUDA events
+(wall clock on CPU); the report gives the median and the peak GPU memory, as a table and as
+JSON.
 
 ``bench backends`` runs reconstruction backends on the synthetic 16-camera rig and reports the
 median time of each stage and the peak GPU memory (network backends: the released
