@@ -250,7 +250,7 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
                   warmup: int = 1, alignment: str = "auto", cameras: int = 16,
                   pair_graph: str = "knn", compiled: bool = False,
                   compiled_alignment: bool = False, pair_batch: int = 16,
-                  weights: str = "random") -> dict:
+                  weights: str = "random", profile_rows: int = 0) -> dict:
     """Median seconds per stage of backend ``name`` on the synthetic rig (``cameras`` portrait
     cameras, ``width`` pixels wide) and the peak GPU memory.
 
@@ -262,6 +262,7 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
     runs it: the network's answers are aligned and fused.
     Also reports the growth of allocated GPU memory from the first timed set to the last, and
     the last set's ``info`` (pose disagreement with the calibration, matches, loss).
+    ``profile_rows > 0`` prints the most expensive operators of one more set.
     """
     from threer_ros.data.synthetic import SyntheticRig
     from threer_ros.pipeline.backends import BackendOptions, make_reconstructor
@@ -290,6 +291,8 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
                 stages.setdefault(stage, []).append(seconds)
         if i in (warmup, warmup + repeats - 1) and device.type == "cuda":
             allocated.append(torch.cuda.memory_allocated(device))
+    if profile_rows > 0:
+        print_profile(lambda: backend.reconstruct(frames), device, profile_rows)
     height = frames.frames[0].image.shape[0]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return {"backend": name, "alignment": alignment, "pair_graph": pair_graph,
@@ -359,7 +362,7 @@ def _run(args: argparse.Namespace) -> int:
                                       args.pair_batch if pairwise else [16]):
                 r = bench_backend(b, w, device, args.repeats, args.warmup, alignment, cameras,
                                   graph, compiled == "on", compiled_alignment == "on", batch,
-                                  args.weights)
+                                  args.weights, args.profile)
                 rows.append(r)
                 stages = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
                 print(f"{b:6s} {alignment:5s} {graph:9s} compile {compiled:3s} "
@@ -446,7 +449,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compile-alignment", nargs="+", default=["off"], choices=["off", "on"],
                    help="backends: torch.compile of the full alignment's losses off and/or on")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
-                   help="models: print the ROWS most expensive operators of one forward")
+                   help="print the ROWS most expensive operators of one more forward "
+                        "(models) or set (backends)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
