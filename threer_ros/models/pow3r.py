@@ -48,24 +48,23 @@ def _cls_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torc
     """Attention where only token-token scores use RoPE; scores involving the ``num_cls``
     leading CLS tokens use the unrotated queries and keys (Pow3R's formulation).
 
-    Done with one SDPA call on widened vectors: a query is [rot q, q, 0] (CLS: [0, q, q]) and
-    a key [rot k, 0, k] (CLS: [0, k, 0]), so each dot product picks the right pair.
+    Token queries take one SDPA call on vectors of twice the head width: a query is
+    [rot q, q], a token key [rot k, 0] and a CLS key [0, k], so each dot product picks the
+    right pair. The CLS queries see every key unrotated: a second, one-query-long SDPA call.
     """
     scale = q.shape[-1] ** -0.5
-    if num_cls == 0:
-        if rope is not None:
-            q, k = rope(q, qpos), rope(k, kpos)
+    if rope is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    qc, qt = q[:, :, :num_cls], q[:, :, num_cls:]
-    kc, kt = k[:, :, :num_cls], k[:, :, num_cls:]
-    qr = rope(qt, qpos[:, num_cls:]) if rope is not None else qt
-    kr = rope(kt, kpos[:, num_cls:]) if rope is not None else kt
-    zq, zk = torch.zeros_like(qc), torch.zeros_like(kc)
-    q_wide = torch.cat([torch.cat([zq, qc, qc], -1), torch.cat([qr, qt, torch.zeros_like(qt)], -1)],
+    if num_cls == 0:
+        return F.scaled_dot_product_attention(rope(q, qpos), rope(k, kpos), v, scale=scale)
+    qt, kc, kt = q[:, :, num_cls:], k[:, :, :num_cls], k[:, :, num_cls:]
+    q_wide = torch.cat((rope(qt, qpos[:, num_cls:]), qt), -1)
+    k_wide = torch.cat((torch.cat((torch.zeros_like(kc), kc), -1),
+                        torch.cat((rope(kt, kpos[:, num_cls:]), torch.zeros_like(kt)), -1)),
                        dim=2)
-    k_wide = torch.cat([torch.cat([zk, kc, zk], -1), torch.cat([kr, torch.zeros_like(kt), kt], -1)],
-                       dim=2)
-    return F.scaled_dot_product_attention(q_wide, k_wide, v, scale=scale)
+    tokens = F.scaled_dot_product_attention(q_wide, k_wide, v, scale=scale)
+    cls = F.scaled_dot_product_attention(q[:, :, :num_cls], k, v, scale=scale)
+    return torch.cat((cls, tokens), dim=2)
 
 
 class ClsSelfAttention(Attention):
