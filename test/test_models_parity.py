@@ -178,3 +178,21 @@ def test_dpt_upsampling_equals_the_bilinear_interpolation(shape):
         ours = upsample2x_bilinear(x_).float()
         assert ours.shape == expected.shape
         assert (ours - expected).abs().max() <= tolerance * x.abs().max()
+
+
+def test_fast3r_batch_of_sets_gives_each_set_own_outputs():
+    """A batch of two view sets gives each set the outputs it gets alone (the heads regroup
+    the decoder's tokens view by view; the fixtures hold batches of one)."""
+    model = load_model(_checkpoint("fast3r"))
+    g = torch.Generator().manual_seed(0)
+    views = [{"img": torch.rand(2, 3, 32, 48, generator=g) * 2 - 1} for _ in range(3)]
+    ids = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    with torch.inference_mode():
+        both = model(views, image_ids=ids)
+        for b in range(2):
+            alone = model([{"img": v["img"][b:b + 1]} for v in views], image_ids=ids[b:b + 1])
+            for view_both, view_alone in zip(both, alone):
+                assert view_both.keys() == view_alone.keys()
+                for key in view_both:
+                    torch.testing.assert_close(view_both[key][b], view_alone[key][0],
+                                               rtol=1e-5, atol=1e-5)

@@ -163,16 +163,18 @@ class AsymmetricStereo(CroCoStereo):
         ``(first[k], second[k])`` in chunks of ``pair_batch`` (0 = all at once): the same
         outputs as ``forward`` on the gathered pairs."""
         shape = true_shape_of(view, not self.landscape_only)
+        shape1, shape2 = shape[first.cpu()], shape[second.cpu()]   # before queueing GPU work
         f, p = self.encode(view["img"], shape)
 
-        def decode(a: torch.Tensor, b: torch.Tensor):
+        def decode(a: torch.Tensor, b: torch.Tensor, shape_a: torch.Tensor,
+                   shape_b: torch.Tensor):
             dec1, dec2 = self.decode(f[a], p[a], f[b], p[b])
-            res1 = self.run_head(self.downstream_head1, dec1, shape[a.cpu()])
-            res2 = self.run_head(self.downstream_head2, dec2, shape[b.cpu()])
+            res1 = self.run_head(self.downstream_head1, dec1, shape_a)
+            res2 = self.run_head(self.downstream_head2, dec2, shape_b)
             res2["pts3d_in_other_view"] = res2.pop("pts3d")
             return res1, res2
 
-        return decode_in_chunks(decode, first, second, pair_batch)
+        return decode_in_chunks(decode, first, second, pair_batch, shape1, shape2)
 
 
 def decode_in_chunks(decode: Callable, first: torch.Tensor, second: torch.Tensor,

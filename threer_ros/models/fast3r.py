@@ -176,11 +176,12 @@ class Fast3R(nn.Module):
                sizes: list[tuple[int, int]], batch: int) -> list[dict[str, torch.Tensor]]:
         """Run the heads (see :func:`apply_head`), batching all views when they share one size."""
         results: list[dict[str, torch.Tensor]] = [{} for _ in sizes]
-        per_view = [layer.split(counts, dim=1) for layer in layers]
-        if len(set(sizes)) == 1:
+        if len(set(sizes)) == 1:    # (batch, views * S, C) -> (views * batch, S, C), view-major
             groups = [(list(range(len(sizes))),
-                       [torch.cat(list(level)) for level in per_view])]
+                       [layer.unflatten(1, (len(counts), counts[0])).transpose(0, 1).flatten(0, 1)
+                        for layer in layers])]
         else:
+            per_view = [layer.split(counts, dim=1) for layer in layers]
             groups = [([i], [level[i] for level in per_view]) for i in range(len(sizes))]
         for members, group_tokens in groups:
             h, w = sizes[members[0]]

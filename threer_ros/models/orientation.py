@@ -68,7 +68,7 @@ def head_per_group(head: nn.Module, tokens: Sequence[torch.Tensor], true_shape: 
     short, long = int(true_shape.min()), int(true_shape.max())
     out: dict[str, torch.Tensor] = {}
     for mask, flip in groups:
-        part = apply_head(head, [t[mask] for t in tokens],
+        part = apply_head(head, tokens if len(groups) == 1 else [t[mask] for t in tokens],
                           *((long, short) if flip else (short, long)))
         for key, value in part.items():
             value = value.transpose(1, 2) if flip else value

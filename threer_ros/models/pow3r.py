@@ -301,13 +301,15 @@ class Pow3R(nn.Module):
         with its relative pose prior ``known_pose[k]`` (given to both views, as upstream): the
         outputs of ``forward`` on the gathered pairs."""
         shape = true_shape_of(view, not self.landscape_only)
+        shape1, shape2 = shape[first.cpu()], shape[second.cpu()]   # before queueing GPU work
         f, p = self.encode(view)
 
-        def decode(a: torch.Tensor, b: torch.Tensor, pose: torch.Tensor | None):
+        def decode(a: torch.Tensor, b: torch.Tensor, pose: torch.Tensor | None,
+                   shape_a: torch.Tensor, shape_b: torch.Tensor):
             dec1, dec2 = self.decode(f[a], p[a], f[b], p[b], pose, pose)
-            return self._heads(dec1, dec2, shape[a.cpu()], shape[b.cpu()])
+            return self._heads(dec1, dec2, shape_a, shape_b)
 
-        return decode_in_chunks(decode, first, second, pair_batch, known_pose)
+        return decode_in_chunks(decode, first, second, pair_batch, known_pose, shape1, shape2)
 
     def _heads(self, dec1: list[torch.Tensor], dec2: list[torch.Tensor], shape1: torch.Tensor,
                shape2: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
