@@ -63,12 +63,13 @@ def compile_blocks(model: nn.Module) -> int:
     (``torch.compile``: element-wise work, norms and RoPE fused into fewer kernels).
 
     The units are compiled on their first forward for each input shape (tens of seconds on a
-    GPU, once per process); a pairwise network's pair batches come in up to two sizes.
-    Returns how many modules were compiled.
+    GPU, once per process), each shape specialised (``dynamic=False``: a second shape gets its
+    own kernels instead of slower shape-generic ones); a pairwise network's pair batches come
+    in up to two sizes. Returns how many modules were compiled.
     """
     units = [module for name, module in model.named_modules() if _COMPILED_UNITS.search(name)]
     for module in units:
-        module.compile()
+        module.compile(dynamic=False)
     return len(units)
 
 
