@@ -196,3 +196,25 @@ def test_fast3r_batch_of_sets_gives_each_set_own_outputs():
                 for key in view_both:
                     torch.testing.assert_close(view_both[key][b], view_alone[key][0],
                                                rtol=1e-5, atol=1e-5)
+
+
+def test_pairs_without_descriptors_give_the_same_points_and_skip_the_descriptor_head():
+    """``forward_pairs(descriptors=False)`` (the calibrated fast path's call): MASt3R's points
+    and confidences unchanged, no descriptors, and its descriptor MLP never runs."""
+    network = _network("mast3r")
+    calls = []
+    network.downstream_head1.head_local_features.register_forward_hook(
+        lambda *_: calls.append(1))
+    img = torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    view = {"img": img, "true_shape": torch.tensor([[48, 64]] * 3, dtype=torch.int32)}
+    first, second = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0])
+    with torch.no_grad():
+        full = network.forward_pairs(view, first, second)
+        assert calls
+        calls.clear()
+        points_only = network.forward_pairs(view, first, second, descriptors=False)
+    assert not calls
+    for ours, reference in zip(points_only, full):
+        assert set(ours) == set(reference) - {"desc", "desc_conf"}
+        for key in ours:
+            torch.testing.assert_close(ours[key], reference[key], rtol=0, atol=0)

@@ -193,3 +193,19 @@ def test_fast_alignment_without_calibration_is_refused(rig):
     with pytest.raises(ValueError, match="alignment 'fast' needs intrinsics and extrinsics"):
         Fast3RReconstructor(network, NetworkSettings(image_size=SIZE, alignment="fast")
                             ).reconstruct(frames)
+
+
+def test_mast3r_calibrated_fast_path_does_not_compute_descriptors(rig, parity_dir):
+    """The fast path keeps the calibration and matches nothing: the (tiny, real) MASt3R
+    network is asked for points only, so its descriptor MLP never runs."""
+    from threer_ros.models import load_model
+
+    network = load_model(parity_dir / "mast3r" / "checkpoint.pth")
+    calls = []
+    for head in (network.downstream_head1, network.downstream_head2):
+        head.head_local_features.register_forward_hook(lambda *_: calls.append(1))
+    recon = MASt3RReconstructor(network, NetworkSettings(image_size=64, alignment="fast"),
+                                PairSettings(graph="knn", neighbours=2)).reconstruct(
+        rig.frame_set(0))
+    assert recon.poses_from_calibration and len(recon.points) > 0
+    assert not calls

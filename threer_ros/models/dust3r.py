@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from threer_ros.models.blocks import Block, DecoderBlock, LayerNorm6, PatchEmbed, make_rope
-from threer_ros.models.heads import PointsDPTHead, PointsLinearHead
+from threer_ros.models.heads import PointsAndDescriptorsHead, PointsDPTHead, PointsLinearHead
 from threer_ros.models.orientation import (head_per_group, orientation_groups, per_group,
                                            true_shape_of)
 from threer_ros.models.spec import DPTWidths, ModelSpec, SpecError
@@ -117,11 +117,12 @@ class CroCoStereo(nn.Module):
         out1[-1], out2[-1] = self.dec_norm(out1[-1]), self.dec_norm(out2[-1])
         return out1, out2
 
-    def run_head(self, head: nn.Module, tokens: list[torch.Tensor], true_shape: torch.Tensor
-                 ) -> dict[str, torch.Tensor]:
-        """Apply ``head`` at the images' resolution, outputs in the input tensors' layout."""
+    def run_head(self, head: nn.Module, tokens: list[torch.Tensor], true_shape: torch.Tensor,
+                 **options) -> dict[str, torch.Tensor]:
+        """Apply ``head`` (with keyword ``options``) at the images' resolution, outputs in the
+        input tensors' layout."""
         return head_per_group(head, tokens, true_shape,
-                              orientation_groups(true_shape, self.landscape_only))
+                              orientation_groups(true_shape, self.landscape_only), **options)
 
 
 def pointmap_head(args: Mapping[str, Any], backbone: CroCoStereo, widths: DPTWidths) -> nn.Module:
@@ -157,11 +158,14 @@ class AsymmetricStereo(CroCoStereo):
         return res1, res2
 
     def forward_pairs(self, view: Mapping[str, torch.Tensor], first: torch.Tensor,
-                      second: torch.Tensor, pair_batch: int = 0
+                      second: torch.Tensor, pair_batch: int = 0, descriptors: bool = True
                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Encode each image of ``view`` (a batch of N images) once, then decode the pairs
         ``(first[k], second[k])`` in chunks of ``pair_batch`` (0 = all at once): the same
-        outputs as ``forward`` on the gathered pairs."""
+        outputs as ``forward`` on the gathered pairs. ``descriptors=False`` leaves out
+        MASt3R's descriptors (``desc``, ``desc_conf``) and the work of computing them."""
+        skip = not descriptors and isinstance(self.downstream_head1, PointsAndDescriptorsHead)
+        options = {"descriptors": False} if skip else {}
         shape = true_shape_of(view, not self.landscape_only)
         shape1, shape2 = shape[first.cpu()], shape[second.cpu()]   # before queueing GPU work
         f, p = self.encode(view["img"], shape)
@@ -169,8 +173,8 @@ class AsymmetricStereo(CroCoStereo):
         def decode(a: torch.Tensor, b: torch.Tensor, shape_a: torch.Tensor,
                    shape_b: torch.Tensor):
             dec1, dec2 = self.decode(f[a], p[a], f[b], p[b])
-            res1 = self.run_head(self.downstream_head1, dec1, shape_a)
-            res2 = self.run_head(self.downstream_head2, dec2, shape_b)
+            res1 = self.run_head(self.downstream_head1, dec1, shape_a, **options)
+            res2 = self.run_head(self.downstream_head2, dec2, shape_b, **options)
             res2["pts3d_in_other_view"] = res2.pop("pts3d")
             return res1, res2
 

@@ -57,13 +57,14 @@ def points_and_confidence(fmap: torch.Tensor, depth_mode: Mode, conf_mode: Mode 
     return out
 
 
-def apply_head(head: nn.Module, tokens: Sequence[torch.Tensor], height: int, width: int
-               ) -> dict[str, torch.Tensor]:
-    """Run ``head`` outside autocast in its parameters' dtype: float32 heads stay float32 under
-    autocast (as upstream), a model cast to bfloat16 keeps bfloat16 heads."""
+def apply_head(head: nn.Module, tokens: Sequence[torch.Tensor], height: int, width: int,
+               **options) -> dict[str, torch.Tensor]:
+    """Run ``head`` (with keyword ``options``) outside autocast in its parameters' dtype:
+    float32 heads stay float32 under autocast (as upstream), a model cast to bfloat16 keeps
+    bfloat16 heads."""
     dtype = next(head.parameters()).dtype
     with torch.autocast(tokens[0].device.type, enabled=False):
-        return head([t.to(dtype) for t in tokens], height, width)
+        return head([t.to(dtype) for t in tokens], height, width, **options)
 
 
 def tokens_to_map(tokens: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
@@ -225,7 +226,8 @@ class PointsAndDescriptorsHead(PointsDPTHead):
     """MASt3R ``catmlp+dpt``: DPT points + an MLP on [encoder, decoder] tokens for descriptors.
 
     Outputs ``pts3d``, ``conf``, ``desc`` (unit vectors of ``desc_dim``) and ``desc_conf``
-    (its own channel when ``two_confs``, else a copy of ``conf``).
+    (its own channel when ``two_confs``, else a copy of ``conf``); with ``descriptors=False``
+    only ``pts3d`` and ``conf``, without running the descriptor MLP.
     """
 
     def __init__(self, enc_dim: int, dec_dim: int, dec_depth: int, widths: DPTWidths,
@@ -238,9 +240,11 @@ class PointsAndDescriptorsHead(PointsDPTHead):
         self.head_local_features = Mlp(in_dim, 4 * in_dim,
                                        (desc_dim + int(two_confs)) * patch ** 2)
 
-    def forward(self, tokens: Sequence[torch.Tensor], height: int, width: int
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, tokens: Sequence[torch.Tensor], height: int, width: int,
+                descriptors: bool = True) -> dict[str, torch.Tensor]:
         out = super().forward(tokens, height, width)
+        if not descriptors:
+            return out
         local = self.head_local_features(torch.cat([tokens[0], tokens[-1]], dim=-1))
         fmap = tokens_to_map(local, height, width, self.patch).permute(0, 2, 3, 1)
         desc = fmap[..., :self.desc_dim]

@@ -61,15 +61,16 @@ def per_group(fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], x: torch.T
 
 
 def head_per_group(head: nn.Module, tokens: Sequence[torch.Tensor], true_shape: torch.Tensor,
-                   groups: Sequence[Group]) -> dict[str, torch.Tensor]:
-    """Run a per-pixel head for each group and return outputs in the input tensors' layout."""
+                   groups: Sequence[Group], **options) -> dict[str, torch.Tensor]:
+    """Run a per-pixel head (with keyword ``options``) for each group and return outputs in
+    the input tensors' layout."""
     if len(groups) == 1 and not groups[0][1]:
-        return apply_head(head, tokens, *(int(v) for v in true_shape[0]))
+        return apply_head(head, tokens, *(int(v) for v in true_shape[0]), **options)
     short, long = int(true_shape.min()), int(true_shape.max())
     out: dict[str, torch.Tensor] = {}
     for mask, flip in groups:
         part = apply_head(head, tokens if len(groups) == 1 else [t[mask] for t in tokens],
-                          *((long, short) if flip else (short, long)))
+                          *((long, short) if flip else (short, long)), **options)
         for key, value in part.items():
             value = value.transpose(1, 2) if flip else value
             if len(groups) == 1:

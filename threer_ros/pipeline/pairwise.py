@@ -154,14 +154,15 @@ class PairwiseReconstructor:
         timings["preprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        pred, descriptors = self._run_pairs(images, edges)
+        fast = self.settings.fast_path(images)
+        pred, descriptors = self._run_pairs(images, edges, descriptors=not fast)
         if images.img.is_cuda:
             torch.cuda.synchronize(images.img.device)
         timings["network"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         info = {"pairs": float(len(edges))}
-        if self.settings.fast_path(images):
+        if fast:
             dev = pred.points1.device
             points, conf = calibrated_points(pred, torch.as_tensor(images.intrinsics, device=dev),
                                              torch.as_tensor(images.cam_to_rig, device=dev))
@@ -213,10 +214,12 @@ class PairwiseReconstructor:
             pose = relative_pose(cams[first], cams[second])
         return rays, pose
 
-    def _run_pairs(self, images: NetworkImages, edges: list[tuple[int, int]]
-                   ) -> tuple[PairPredictions, tuple[torch.Tensor, torch.Tensor] | None]:
-        """All pairs through the network; descriptors ``(desc1, desc2, conf1, conf2)`` of
-        each pair when the network outputs them."""
+    def _run_pairs(self, images: NetworkImages, edges: list[tuple[int, int]],
+                   descriptors: bool = True
+                   ) -> tuple[PairPredictions, tuple[torch.Tensor, ...] | None]:
+        """All pairs through the network; with ``descriptors``, also the descriptors
+        ``(desc1, desc2, conf1, conf2)`` of each pair when the network outputs them (without,
+        networks with ``forward_pairs`` skip computing them)."""
         dev = images.img.device
         first = torch.tensor([e[0] for e in edges], device=dev)
         second = torch.tensor([e[1] for e in edges], device=dev)
@@ -231,17 +234,21 @@ class PairwiseReconstructor:
             view["known_rays"] = orient(rays)
         with torch.no_grad():       # not inference_mode: alignment differentiates outputs
             if hasattr(self.network, "forward_pairs"):
-                extra = {} if self.name != "pow3r" else {"known_pose": pose}
+                extra = {"known_pose": pose} if self.name == "pow3r" \
+                    else {"descriptors": descriptors}
                 res1, res2 = self.network.forward_pairs(view, first, second,
                                                         pair_batch=self.pairs.batch, **extra)
             else:
                 res1, res2 = self._forward_gathered(view, first, second, pose)
+        descriptors = descriptors and "desc" in res1
+        used = ("pts3d", "pts3d_in_other_view", "conf") + \
+            (("desc", "desc_conf") if descriptors else ())
         unflip = (lambda x: x.transpose(1, 2)) if flip else (lambda x: x)
-        res1 = {k: unflip(v).float() for k, v in res1.items()}
-        res2 = {k: unflip(v).float() for k, v in res2.items()}
+        res1, res2 = ({k: unflip(v).float() for k, v in res.items() if k in used}
+                      for res in (res1, res2))
         pred = PairPredictions(first, second, res1["pts3d"], res2["pts3d_in_other_view"],
                                res1["conf"], res2["conf"])
-        if "desc" not in res1:
+        if not descriptors:
             return pred, None
         return pred, (res1["desc"], res2["desc"], res1["desc_conf"], res2["desc_conf"])
 
