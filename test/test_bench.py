@@ -53,3 +53,19 @@ def test_bench_with_released_weights_that_are_missing_says_how_to_get_them(tmp_p
     with pytest.raises(WeightsError, match="threer-ros weights download pow3r"):
         main(["bench", "models", "--models", "pow3r", "--weights", "released",
               "--device", "cpu"])
+
+
+def test_bench_models_compares_attention_kernels_and_skips_one_that_cannot_run(
+        tmp_path, parity_dir, capsys):
+    """``--sdpa``: one row per attention kernel; a kernel the device lacks (cuDNN on the CPU)
+    is reported and skipped, the other rows still measured."""
+    report = tmp_path / "models.json"
+    assert main(["bench", "models", "--models", "mast3r", "--weights",
+                 str(parity_dir / "mast3r" / "checkpoint.pth"), "--dtypes", "fp32",
+                 "--sdpa", "default", "math", "cudnn", "--pairs", "2", "--size", "64x48",
+                 "--repeats", "1", "--warmup", "0", "--device", "cpu",
+                 "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())["results"]
+    assert [r["sdpa"] for r in rows] == ["default", "math"]
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert "sdpa cudnn: skipped" in capsys.readouterr().err

@@ -18,6 +18,7 @@ error against the official outputs, relative to each output's range.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import platform
@@ -37,6 +38,22 @@ from threer_ros.models.released import RELEASED
 #: weights; ``bf16-amp`` keeps fp32 weights and runs matrix products in bf16 under autocast.
 PRECISIONS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None),
               "fp16": (torch.float16, None), "bf16-amp": (torch.float32, torch.bfloat16)}
+
+
+#: ``--sdpa`` choices: the attention kernels ``F.scaled_dot_product_attention`` may use
+#: (``default``: PyTorch picks; on an H100/H200 in bf16 that is cuDNN's).
+SDPA_KERNELS = ("default", "cudnn", "flash", "efficient", "math")
+
+
+def _sdpa_kernel(choice: str):
+    """Context restricting ``F.scaled_dot_product_attention`` to the kernel ``choice``."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if choice == "default":
+        return contextlib.nullcontext()
+    backend = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[choice]
+    return sdpa_kernel([backend])
 
 
 def _autocast(device: torch.device, precision: str):
@@ -59,6 +76,7 @@ class BenchResult:
     peak_gib: float
     repeats: int
     weights: str = "random"
+    sdpa: str = "default"
 
 
 def _views(n: int, batch: int, height: int, width: int, device: torch.device,
@@ -104,13 +122,15 @@ def weights_path(weights: str, name: str) -> Path | None:
 def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, width: int,
                 device: torch.device, repeats: int = 10, warmup: int = 3,
                 compiled: bool = False, profile_rows: int = 0,
-                weights: str = "random") -> BenchResult:
+                weights: str = "random", sdpa: str = "default") -> BenchResult:
     """Build ``RELEASED[name]`` with random weights (or load the checkpoint ``weights`` names,
     see :func:`weights_path`) on ``device`` and time its forward.
 
     ``compiled`` compiles its blocks and heads as the node's ``compile_network`` does
     (:func:`~threer_ros.models.compile_blocks`; the warm-up includes the compilation);
-    ``profile_rows > 0`` prints the operators taking the most device time in one more forward.
+    ``profile_rows > 0`` prints the operators taking the most device time in one more forward;
+    ``sdpa`` restricts attention to one kernel (:data:`SDPA_KERNELS`; an error if that kernel
+    cannot run these shapes and dtypes on ``device``).
     """
     from threer_ros.models import load_model
 
@@ -132,7 +152,7 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    with torch.inference_mode(), _autocast(device, dtype):
+    with torch.inference_mode(), _autocast(device, dtype), _sdpa_kernel(sdpa):
         for i in range(warmup + repeats):
             ms = _timed(lambda: _forward(name, model, inputs), device)
             if i >= warmup:
@@ -143,7 +163,7 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
     return BenchResult(name, dtype + ("+compile" if compiled else ""),
                        views if name == "fast3r" else 2, 0 if name == "fast3r" else pairs,
                        height, width, statistics.median(times), min(times), peak, repeats,
-                       "random" if checkpoint is None else str(checkpoint))
+                       "random" if checkpoint is None else str(checkpoint), sdpa)
 
 
 def print_profile(fn, device: torch.device, rows: int) -> None:
@@ -411,17 +431,25 @@ def _run(args: argparse.Namespace) -> int:
     results = []
     for name in args.models:
         counts = args.views if name == "fast3r" else [args.pairs]
-        for dtype, compiled in itertools.product(args.dtypes, args.compile):
+        for dtype, compiled, sdpa in itertools.product(args.dtypes, args.compile, args.sdpa):
             for n in counts:
-                r = bench_model(name, dtype, n, args.pairs, height, width, device,
-                                repeats=args.repeats, warmup=args.warmup,
-                                compiled=compiled == "on", profile_rows=args.profile,
-                                weights=args.weights)
+                try:
+                    r = bench_model(name, dtype, n, args.pairs, height, width, device,
+                                    repeats=args.repeats, warmup=args.warmup,
+                                    compiled=compiled == "on", profile_rows=args.profile,
+                                    weights=args.weights, sdpa=sdpa)
+                except RuntimeError as error:
+                    if sdpa == "default":
+                        raise
+                    print(f"{name} {dtype} sdpa {sdpa}: skipped, this attention kernel cannot "
+                          f"run here ({str(error).splitlines()[0]}); pick another --sdpa",
+                          file=sys.stderr)
+                    continue
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 results.append(r)
                 what = f"{r.views} views" if name == "fast3r" else f"{r.pairs} pairs"
-                print(f"{name:7s} {dtype:8s} {what:>9s} {width}x{height}: median "
+                print(f"{name:7s} {r.dtype:13s} sdpa {sdpa:9s} {what:>9s} {width}x{height}: median "
                       f"{r.median_ms:8.1f} ms  min {r.min_ms:8.1f} ms  peak {r.peak_gib:6.2f} GiB",
                       flush=True)
     report = {"environment": environment(), "command": " ".join(sys.argv),
@@ -464,6 +492,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="random (default: the released architectures, random weights), "
                         "released (the weights of `threer-ros weights download`), or a "
                         "checkpoint file/folder (with one model or network backend)")
+    p.add_argument("--sdpa", nargs="+", default=["default"], choices=SDPA_KERNELS,
+                   help="models: attention kernel(s), each a configuration (default: "
+                        "PyTorch's choice)")
     p.add_argument("--pair-batch", nargs="+", type=int, default=[16],
                    help="backends: pairs per network batch of MASt3R / Pow3R")
     p.add_argument("--compile-alignment", nargs="+", default=["off"], choices=["off", "on"],
