@@ -74,29 +74,6 @@ def tokens_to_map(tokens: torch.Tensor, height: int, width: int, patch: int) -> 
     return F.pixel_shuffle(grid, patch)
 
 
-def _bilinear2x_weights(size: int, like: torch.Tensor) -> torch.Tensor:
-    """(2 * size, size) weights of x2 bilinear interpolation with ``align_corners=True``:
-    output sample ``i`` reads input position ``i * (size - 1) / (2 * size - 1)`` and input
-    sample ``j`` weighs ``max(0, 1 - |position - j|)`` (the two neighbours' linear weights)."""
-    kw = dict(device=like.device, dtype=torch.float32)
-    position = torch.arange(2 * size, **kw) * ((size - 1) / max(2 * size - 1, 1))
-    distance = (position[:, None] - torch.arange(size, **kw)).abs()
-    return (1 - distance).clamp(min=0).to(like.dtype)
-
-
-def upsample2x_bilinear(x: torch.Tensor) -> torch.Tensor:
-    """``F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)`` of a
-    (B, C, H, W) map, computed as two matrix products (along W, then along H).
-
-    Same values up to rounding (weights in ``x``'s dtype: bf16 outputs within two bf16 units
-    of the interpolation kernel's); on the GPU, matrix products are 3-10x faster than the
-    interpolation kernel, which was the DPT heads' largest cost (docs/benchmarks.md).
-    """
-    height, width = x.shape[-2:]
-    rows = x @ _bilinear2x_weights(width, x).T                       # (B, C, H, 2W)
-    return _bilinear2x_weights(height, x) @ rows                      # (B, C, 2H, 2W)
-
-
 class _ResidualConv(nn.Module):
     """ReLU-conv-ReLU-conv with a skip connection (``conv1``, ``conv2``)."""
 
@@ -122,14 +99,15 @@ class _Fusion(nn.Module):
         if skip is not None:
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
-        return self.out_conv(upsample2x_bilinear(x))
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        return self.out_conv(x)
 
 
 class _Upsample(nn.Module):
-    """:func:`upsample2x_bilinear` as a module, to keep the ``head`` indices."""
+    """x2 bilinear upsampling (align_corners=True) as a module, to keep the ``head`` indices."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upsample2x_bilinear(x)
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
 
 class DPT(nn.Module):
