@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -255,7 +256,7 @@ class ReleasedWithOracle(torch.nn.Module):
         super().__init__()
         self.released, self.oracle = released, oracle
         self.landscape_only = bool(getattr(released, "landscape_only", False))
-        self._answers: dict[tuple, tuple] = {}
+        self._answers: dict[tuple, Any] = {}     # views -> the oracle's answer
         if hasattr(released, "forward_pairs"):
             self.forward_pairs = self._forward_pairs
 

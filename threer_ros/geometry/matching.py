@@ -81,7 +81,7 @@ def reciprocal_matches_brute_force(desc1: Tensor, desc2: Tensor) -> tuple[Tensor
 
 class _CachedNeighbours:
     """Nearest neighbour of pixels of image A in image B, for several image pairs at once,
-    each pixel's computed once.
+    each pixel's neighbour computed once.
 
     Pixels are global ids ``pair * P + pixel`` (``P`` pixels per image); the result is the
     pixel index in the same pair's image B. Each call waits for the device twice (to size the
