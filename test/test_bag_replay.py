@@ -130,6 +130,37 @@ def test_replaying_a_truncated_bag_fails_clearly(timing_bag, tmp_path, capsys):
     assert str(broken) in capsys.readouterr().err
 
 
+def test_a_latched_message_published_after_a_subscriber_appeared_is_recorded(
+        publisher_node, ros_domain_id, tmp_path):
+    # /tf_static as the capture node sees it: a subscriber (the node) comes first, the
+    # calibration's latched publisher later, and it publishes once, before anyone is matched.
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    publisher_node.create_subscription(String, "/calibration", lambda _: None, latched)
+    recording = tmp_path / "latched"
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "threer_ros.cli", "record", "/calibration", "--out", str(recording)],
+        env=dict(os.environ, ROS_DOMAIN_ID=str(ros_domain_id + OFFSET)), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = _Lines(recorder)
+    try:
+        assert log.wait_for("waiting for a publisher on /calibration", WAIT), log.lines
+        publisher = publisher_node.create_publisher(String, "/calibration", latched)
+        publisher.publish(String(data="rig"))
+        assert log.wait_for("recording /calibration", WAIT), log.lines
+        deadline = time.monotonic() + WAIT     # matched to both subscribers, then delivered
+        while publisher.get_subscription_count() < 2 and time.monotonic() < deadline:
+            rclpy.spin_once(publisher_node, timeout_sec=0.05)
+        assert publisher.wait_for_all_acked(rclpy.duration.Duration(seconds=WAIT))
+    finally:
+        assert stop_process(recorder, signal.SIGINT) == 0
+    (topic,) = bag_info(recording).topics      # recorded latched, so a replay offers it so
+    assert (topic.name, topic.count, topic.latched) == ("/calibration", 1, True)
+
+
 # --- the capture node fed by a replayed NeRSemble bag ---------------------------------------
 class _Lines:
     """Collects a child process's output lines and lets the test wait for one."""

@@ -5,8 +5,9 @@
 
 By default it records the capture node's outputs, named as in its parameter file (``--config``):
 the cloud topic, the camera poses, ``/tf``, ``/tf_static`` and ``/diagnostics``. Each topic is
-subscribed once it appears in the ROS graph, with its publishers' reliability and durability
-(so latched ``/tf_static`` is received too), as raw CDR bytes, which are written unchanged
+subscribed once it has a publisher in the ROS graph, with its publishers' reliability and
+durability (so latched ``/tf_static`` is received too, also when its first publisher comes after
+a subscriber such as the capture node's), as raw CDR bytes, which are written unchanged
 through ``rosbags`` with the receive time (ROS clock, ns) as log time and the publishers' QoS
 as offered QoS. Stops after ``--duration`` seconds or on Ctrl-C; either way the bag is closed
 with its metadata. Types that ``rosbags`` does not know (custom messages) are skipped with a
@@ -45,7 +46,8 @@ def default_topics(config: Path | None = None) -> list[str]:
 
 
 class BagRecorder(Node):
-    """Subscribes to ``topics`` as they appear and writes every message into ``writer``.
+    """Subscribes to ``topics`` once they have publishers and writes every message into
+    ``writer``.
 
     Args:
         writer: An open ``rosbags`` writer; it is only used from this node's callbacks.
@@ -57,6 +59,7 @@ class BagRecorder(Node):
         super().__init__("threer_recorder", **node_kwargs)
         self._writer = writer
         self._waiting = list(dict.fromkeys(topics))
+        self._announced: set[str] = set()      # topics seen without publishers, logged once
         self.counts: dict[str, int] = {}
         self.create_timer(DISCOVERY_PERIOD_S, self._discover)
         self._discover()
@@ -65,6 +68,13 @@ class BagRecorder(Node):
         types = dict(self.get_topic_names_and_types())
         for topic in list(self._waiting):
             if topic not in types:
+                continue
+            # A topic known only from its subscribers has no QoS to copy: a volatile guess
+            # would miss what a latched publisher sent before it was matched.
+            if not self.get_publishers_info_by_topic(topic):
+                if topic not in self._announced:
+                    self._announced.add(topic)
+                    self.get_logger().info(f"waiting for a publisher on {topic}")
                 continue
             self._waiting.remove(topic)
             if len(types[topic]) != 1:
@@ -79,8 +89,7 @@ class BagRecorder(Node):
             self.get_logger().warning(f"not recording {topic}: type {msgtype} is not known")
             return
         offered = [p.qos_profile for p in self.get_publishers_info_by_topic(topic)]
-        latched = bool(offered) and all(
-            q.durability == DurabilityPolicy.TRANSIENT_LOCAL for q in offered)
+        latched = all(q.durability == DurabilityPolicy.TRANSIENT_LOCAL for q in offered)
         reliable = all(q.reliability == ReliabilityPolicy.RELIABLE for q in offered)
         connection = self._writer.add_connection(
             topic, msgtype, typestore=TYPESTORE,
