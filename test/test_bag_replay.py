@@ -1,8 +1,7 @@
 """Bags over real DDS: replay timing, a NeRSemble-format bag replayed into the capture node (in
 its own process) with ``threer-ros replay``, its outputs recorded with ``threer-ros record``.
 
-All tests here use ``ROS_DOMAIN_ID`` base + 200: the other test modules take the multiples of
-30 up to +180, and a base of at most 30 keeps +200 within DDS's 0..232.
+All tests here use ``ROS_DOMAIN_ID`` base + 140 (one test at a time; see ``conftest``).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from threer_ros.ros.bag_player import BagPlayer  # noqa: E402
 from threer_ros.ros.convert import cloud_from_msg  # noqa: E402
 from threer_ros.ros.probe import OutputProbe  # noqa: E402
 
-OFFSET = 200
+OFFSET = 140
 WAIT = 120.0                  # generous: the node reconstructs on 2 shared CPU cores
 PERIOD_NS = 100_000_000       # the timing bag's sets: 10 Hz
 T0_NS = 50 * 10**9

@@ -247,7 +247,7 @@ def test_camera_poses_can_come_from_the_rigs_tf_static(rig, ros_domain_id):
 
     from threer_ros.ros.convert import transform_msgs
 
-    node, driver, probe, stop = _start_graph(rig, "tf", ros_domain_id + 30)
+    node, driver, probe, stop = _start_graph(rig, "tf", ros_domain_id + 20)
     try:
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         tf_pub = driver.create_publisher(TFMessage, "/tf_static", latched)
@@ -300,7 +300,7 @@ def test_mast3r_with_a_checkpoint_runs_through_the_node(alignment, tmp_path, ros
     rig = SyntheticRig.render(seed=5, width=64, names=CAMERAS)
     params = dict(NETWORK_PARAMS, backend="mast3r", alignment=alignment,
                   checkpoint=str(PARITY / "mast3r" / "checkpoint.pth"))
-    offset = 120 if alignment == "fast" else 150
+    offset = 40 if alignment == "fast" else 60
     node, driver, probe, stop = _start_graph(rig, _calibration_file(rig, tmp_path),
                                              ros_domain_id + offset, params)
     try:
@@ -332,7 +332,7 @@ def test_compare_mode_publishes_every_backend_and_a_summary(tmp_path, ros_domain
     (cache / ENTRIES["pow3r"].local_name).symlink_to(PARITY / "pow3r" / "checkpoint.pth")
     params = dict(NETWORK_PARAMS, backend="fast3r", compare_backends="pow3r,mvs")
     node, driver, probe, stop = _start_graph(rig, _calibration_file(rig, tmp_path),
-                                             ros_domain_id + 180,
+                                             ros_domain_id + 120,
                                              params, env={"THREER_ROS_WEIGHTS": str(cache)})
     received: dict[str, list] = {"pow3r": [], "mvs": [], "summary": []}
     try:

@@ -62,7 +62,7 @@ def test_the_synthetic_rig_publishes_jittered_synchronised_sets(compressed, ros_
     calibration = tmp_path / "rig.yaml"
     command = [sys.executable, "-m", "threer_ros.cli", "replay", "--synthetic", "--rate", "5",
                "--jitter", "0.001", "--width", "48", "--write-calibration", str(calibration)]
-    domain = ros_domain_id + (90 if compressed else 60)
+    domain = ros_domain_id + (100 if compressed else 80)
     replay = subprocess.Popen(command + (["--compressed"] if compressed else []),
                               env=dict(os.environ, ROS_DOMAIN_ID=str(domain)))
     context = rclpy.Context()

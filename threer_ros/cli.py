@@ -14,6 +14,7 @@ import sys
 #: Modules that contribute sub-commands, in the order ``--help`` lists them.
 _COMMAND_MODULES = (
     "threer_ros.ros.demo",
+    "threer_ros.ros.latency",
     "threer_ros.ros.replay",
     "threer_ros.ros.record",
     "threer_ros.bag",

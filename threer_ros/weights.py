@@ -11,6 +11,10 @@ Weights live in one cache folder, ``$THREER_ROS_WEIGHTS`` or ``~/.cache/threer_r
 Hugging Face downloads go through ``huggingface_hub`` (its cache, token and ``HF_HUB_OFFLINE``
 apply); a copy already in the Hugging Face cache is found too. Offline, a download fails at
 once and says where to put manually downloaded files. All three are non-commercial licences.
+
+``threer-ros weights random NAME --out PATH`` writes the released architecture with random
+weights in the official format instead: for timing the node and trying the pipeline where the
+weights cannot be had (its clouds are meaningless).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from threer_ros.cli import command_parser
+from threer_ros.models.released import RELEASED
 
 HF_FOLDER_FILES = ("config.json", "model.safetensors")
 
@@ -207,8 +212,30 @@ def _download(args: argparse.Namespace) -> int:
     return status
 
 
+def write_random_weights(name: str, out: Path, seed: int = 0) -> Path:
+    """Write the released architecture ``name`` with seeded random weights in its official
+    file format (see :func:`threer_ros.models.checkpoint.write_checkpoint`): a stand-in that
+    lets the node and the benchmarks run where the real weights cannot be downloaded. Its
+    reconstructions are meaningless; its speed and memory are those of the real network."""
+    import torch
+
+    from threer_ros.models import build_model
+    from threer_ros.models.checkpoint import write_checkpoint
+
+    torch.manual_seed(seed)
+    spec = RELEASED[name]
+    return write_checkpoint(spec, build_model(spec).state_dict(), out)
+
+
+def _random(args: argparse.Namespace) -> int:
+    path = write_random_weights(args.name, args.out, args.seed)
+    print(f"{args.name}: random weights (seed {args.seed}) of the released architecture in "
+          f"{path}: for timing and trying the pipeline only, its clouds are meaningless")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``threer-ros weights list|download``."""
+    """Add ``threer-ros weights list|download|random``."""
     p = command_parser(subparsers, "weights",
                        "list or download the official network weights", __doc__)
     sub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
@@ -218,3 +245,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"one or more of {', '.join(sorted(ENTRIES))}")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_download)
+    r = sub.add_parser("random", help="write a released architecture with random weights "
+                                      "(for timing the pipeline without the real weights)")
+    r.add_argument("name", choices=sorted(RELEASED), metavar="NAME",
+                   help=f"one of {', '.join(sorted(RELEASED))}")
+    r.add_argument("--out", type=Path, required=True,
+                   help="checkpoint file to write (Fast3R: a folder)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    r.set_defaults(func=_random)

@@ -27,8 +27,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from threer_ros.models.spec import (ModelSpec, SpecError, dpt_widths_from_shapes,
-                                    parse_constructor)
+from threer_ros.models.spec import (ModelSpec, SpecError, constructor_string,
+                                    dpt_widths_from_shapes, parse_constructor)
 
 
 class CheckpointError(RuntimeError):
@@ -163,6 +163,29 @@ def read_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
     if widths is not None:
         spec = ModelSpec(spec.name, spec.kwargs, widths)
     return spec, state
+
+
+def write_checkpoint(spec: ModelSpec, state: Mapping[str, torch.Tensor], path: str | Path
+                     ) -> Path:
+    """Write ``state`` in the official format of ``spec``'s network (the formats above), so
+    that :func:`read_checkpoint` and the official loaders read it: a ``.pth`` file for
+    DUSt3R / MASt3R / Pow3R, a Hugging Face folder for Fast3R. Returns ``path``."""
+    path = Path(path).expanduser()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if spec.name == "Fast3R":
+        from safetensors.torch import save_file
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(dict(spec.kwargs), indent=1))
+        # one storage per tensor: safetensors refuses tensors that share memory
+        save_file({k: v.clone() for k, v in tensors.items()}, str(path / "model.safetensors"))
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.name == "Pow3R":
+        torch.save({"definition": constructor_string(spec), "weights": tensors}, path)
+    else:
+        torch.save({"args": argparse.Namespace(model=constructor_string(spec)),
+                    "model": tensors}, path)
+    return path
 
 
 def load_state(path: Path, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

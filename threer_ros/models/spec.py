@@ -46,6 +46,12 @@ class ModelSpec:
     dpt: DPTWidths = field(default_factory=DPTWidths)
 
 
+def constructor_string(spec: ModelSpec) -> str:
+    """``spec`` as the constructor string a checkpoint stores (``'Name(key=literal, ...)'``),
+    which :func:`parse_constructor` reads back."""
+    return f"{spec.name}(" + ", ".join(f"{k}={v!r}" for k, v in spec.kwargs.items()) + ")"
+
+
 def _literal(node: ast.AST, source: str) -> Any:
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool,
                                                                    type(None))):

@@ -9,92 +9,41 @@ against the synthetic ground truth and the node's stage timings.
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-
 from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
-from threer_ros.data.calibration import save_rig_calibration
 from threer_ros.data.ply import write_ply
 from threer_ros.data.preview import render_points, save_preview
-from threer_ros.data.synthetic import SyntheticRig
 from threer_ros.geometry.fusion import accuracy_completeness
 from threer_ros.ros.convert import cloud_from_msg
-from threer_ros.ros.probe import OutputProbe, Recorded
-
-PIPELINE_STATUS = "threer_ros: pipeline"
-
-
-def _pipeline_values(probe: OutputProbe) -> dict[str, str]:
-    status = probe.latest_status(PIPELINE_STATUS)
-    return {kv.key: kv.value for kv in status.values} if status else {}
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Ctrl-C a child; the node first finishes the reconstruction it is running."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+from threer_ros.ros.probe import Recorded
+from threer_ros.ros.session import SyntheticSession, synthetic_session
 
 
 def run_demo(args: argparse.Namespace) -> int:
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    params = read_parameters()
-    print(f"rendering the synthetic {len(params['cameras'])}-camera rig at {args.width} px ...")
-    rig = SyntheticRig.render(seed=args.seed, width=args.width, names=params["cameras"])
-    calibration = out / "synthetic_rig.yaml"
-    save_rig_calibration(calibration, params["output_frame"],
-                         {v.name: v.calibration for v in rig.views})
-    python = sys.executable
-    node = subprocess.Popen([python, "-m", "threer_ros.ros.node", "--ros-args",
-                             "-p", f"rig_calibration:={calibration}", "-p", "backend:=mvs",
-                             "-p", f"working_width:={args.width}", "-p", f"device:={args.device}",
-                             "-p", "image_reliability:=reliable"])
-    replay = subprocess.Popen([python, "-m", "threer_ros.cli", "replay", "--synthetic",
-                               "--rate", str(args.rate), "--width", str(args.width),
-                               "--seed", str(args.seed)])
-    rclpy.init()
-    probe = OutputProbe()
-    executor = SingleThreadedExecutor()
-    executor.add_node(probe)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    cameras = len(read_parameters()["cameras"])
+    print(f"rendering the synthetic {cameras}-camera rig at {args.width} px ...")
     started = time.monotonic()
-    try:
-        cameras = len(params["cameras"])
+    with synthetic_session(out, args.width, args.rate, args.seed,
+                           {"device": args.device}) as session:
         # a set with every camera (the first may miss some while DDS discovery settles), and
         # diagnostics that describe that set
-        got = probe.wait_for(
+        got = session.probe.wait_for(
             lambda r: (cloud := _complete_cloud(r, cameras)) is not None
-            and _pipeline_values(probe).get("points_published") == str(cloud.width)
+            and session.pipeline_values().get("points_published") == str(cloud.width)
             and len(r.tf_static) >= cameras, timeout=args.timeout)
-        for name, proc in (("capture node", node), ("synthetic rig", replay)):
-            if proc.poll() is not None:
-                print(f"demo: the {name} exited early with status {proc.returncode}",
-                      file=sys.stderr)
-                return 1
+        problem = session.exited_early()
+        if problem:
+            print(f"demo: {problem}", file=sys.stderr)
+            return 1
         if not got:
             print(f"demo: no reconstruction within {args.timeout:.0f} s", file=sys.stderr)
             return 1
-        return _report(probe, rig, out, time.monotonic() - started)
-    finally:
-        executor.shutdown()
-        probe.destroy_node()
-        rclpy.shutdown()
-        _stop(replay)
-        _stop(node)
+        return _report(session, out, time.monotonic() - started)
 
 
 def _complete_cloud(recorded: Recorded, cameras: int):
@@ -107,7 +56,8 @@ def _complete_cloud(recorded: Recorded, cameras: int):
     return None
 
 
-def _report(probe: OutputProbe, rig: SyntheticRig, out: Path, wall_s: float) -> int:
+def _report(session: SyntheticSession, out: Path, wall_s: float) -> int:
+    probe, rig = session.probe, session.rig
     cloud = _complete_cloud(probe.recorded, len(rig.views))
     points, colors, confidence = cloud_from_msg(cloud)
     write_ply(out / "cloud.ply", points, colors, confidence)
@@ -118,7 +68,7 @@ def _report(probe: OutputProbe, rig: SyntheticRig, out: Path, wall_s: float) -> 
                              splat=5)
     save_preview(out / "preview.png", [front.image, rendered])
     metrics = accuracy_completeness(points, rig.surface_points(), threshold=0.005)
-    values = _pipeline_values(probe)
+    values = session.pipeline_values()
     print(f"\nfused cloud: {len(points)} points from {len(rig.views)} cameras in frame "
           f"'{cloud.header.frame_id}', {len(probe.recorded.tf_static)} camera frames on "
           "/tf_static")

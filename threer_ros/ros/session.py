@@ -1,0 +1,107 @@
+"""The synthetic rig and the capture node, each in its own process, with an :class:`OutputProbe`
+on the node's outputs in this one: what ``threer-ros demo`` and ``threer-ros latency`` run.
+
+The rig (``threer-ros replay --synthetic``) and the node talk over real ROS 2 topics in the
+current ``ROS_DOMAIN_ID``; the node reads the rig's calibration from a YAML file written here.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+from threer_ros.config import read_parameters
+from threer_ros.data.calibration import save_rig_calibration
+from threer_ros.data.synthetic import SyntheticRig
+from threer_ros.ros.probe import OutputProbe
+
+#: The status of the capture node's pipeline in ``/diagnostics``.
+PIPELINE_STATUS = "threer_ros: pipeline"
+
+
+@dataclass
+class SyntheticSession:
+    """The running processes and the probe of :func:`synthetic_session`."""
+
+    rig: SyntheticRig
+    probe: OutputProbe
+    node: subprocess.Popen
+    replay: subprocess.Popen
+
+    def exited_early(self) -> str | None:
+        """A message naming the child that has exited, or None while both run."""
+        for name, process in (("capture node", self.node), ("synthetic rig", self.replay)):
+            if process.poll() is not None:
+                return f"the {name} exited early with status {process.returncode}"
+        return None
+
+    def pipeline_values(self) -> dict[str, str]:
+        """The key/values of the node's newest pipeline status (empty before the first)."""
+        status = self.probe.latest_status(PIPELINE_STATUS)
+        return {kv.key: kv.value for kv in status.values} if status else {}
+
+
+def stop_child(process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Ctrl-C a child and wait (the node first finishes the reconstruction it is running);
+    kill it if it is still running after ``timeout_s``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
+                      node_parameters: Mapping[str, str] | None = None
+                      ) -> Iterator[SyntheticSession]:
+    """Start the synthetic rig (``width`` px portrait images, ``rate_hz`` sets per second) and
+    the capture node, and spin a probe on the node's outputs; stop all three on exit.
+
+    Args:
+        out: Folder for the rig's calibration file (created).
+        width: Image width of the rig's cameras (pixels).
+        rate_hz: Trigger rate of the rig.
+        seed: Scene seed (the rig publisher renders the same scene).
+        node_parameters: ROS parameters of the node, over the defaults: ``backend: mvs``, the
+            rig's calibration, ``working_width: width``, reliable image subscriptions.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    defaults = read_parameters()
+    rig = SyntheticRig.render(seed=seed, width=width, names=defaults["cameras"])
+    calibration = out / "synthetic_rig.yaml"
+    save_rig_calibration(calibration, defaults["output_frame"],
+                         {v.name: v.calibration for v in rig.views})
+    parameters = {"rig_calibration": str(calibration), "backend": "mvs",
+                  "working_width": str(width), "image_reliability": "reliable",
+                  **(node_parameters or {})}
+    node_args = [arg for key, value in parameters.items() for arg in ("-p", f"{key}:={value}")]
+    node = subprocess.Popen([sys.executable, "-m", "threer_ros.ros.node", "--ros-args",
+                             *node_args])
+    replay = subprocess.Popen([sys.executable, "-m", "threer_ros.cli", "replay", "--synthetic",
+                               "--rate", str(rate_hz), "--width", str(width),
+                               "--seed", str(seed)])
+    rclpy.init()
+    probe = OutputProbe()
+    executor = SingleThreadedExecutor()
+    executor.add_node(probe)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        yield SyntheticSession(rig, probe, node, replay)
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
+        rclpy.shutdown()
+        stop_child(replay)
+        stop_child(node)
