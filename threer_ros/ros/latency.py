@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from threer_ros.bench import environment
 from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.ros.session import PIPELINE_STATUS, synthetic_session
@@ -73,14 +74,16 @@ class ReconstructionLog:
                                             if k in LATENCY_KEYS or k.startswith("stage_")}
         return len(self.by_count)
 
-    def summary(self, skip: int) -> dict[str, dict[str, float]]:
-        """Median, minimum and maximum (seconds) of each value, without the first ``skip``
-        reconstructions logged."""
-        samples = [self.by_count[c] for c in sorted(self.by_count)][skip:]
-        keys = dict.fromkeys(k for s in samples for k in s)
-        return {key: {"median": statistics.median(v), "min": min(v), "max": max(v),
-                      "n": len(v)}
-                for key in keys if (v := [s[key] for s in samples if key in s])}
+    def samples(self) -> list[dict[str, float]]:
+        """The logged values (seconds), oldest reconstruction first."""
+        return [self.by_count[c] for c in sorted(self.by_count)]
+
+
+def summarize(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Median, minimum, maximum (seconds) and count of each value over ``samples``."""
+    keys = dict.fromkeys(k for s in samples for k in s)
+    return {key: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+            for key in keys if (v := [s[key] for s in samples if key in s])}
 
 
 def _print_table(summary: dict[str, dict[str, float]]) -> None:
@@ -113,13 +116,13 @@ def run_latency(args: argparse.Namespace) -> int:
                 print(f"threer-ros latency: {problem or 'timed out'} after "
                       f"{len(log.by_count)} of {wanted} reconstructions", file=sys.stderr)
                 return 1
-    summary = log.summary(args.warmup)
+    warmup, measured = log.samples()[:args.warmup], log.samples()[args.warmup:wanted]
+    summary = summarize(measured)
     _print_table(summary)
     if args.json:
-        from threer_ros.bench import environment
         report = {"environment": environment(), "command": " ".join(sys.argv),
                   "parameters": parameters, "width": args.width, "rate_hz": args.rate,
-                  "summary_s": summary, "samples_s": list(log.by_count.values())}
+                  "summary_s": summary, "samples_s": measured, "warmup_samples_s": warmup}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     return 0
