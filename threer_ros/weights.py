@@ -228,7 +228,11 @@ def write_random_weights(name: str, out: Path, seed: int = 0) -> Path:
 
 
 def _random(args: argparse.Namespace) -> int:
-    path = write_random_weights(args.name, args.out, args.seed)
+    try:
+        path = write_random_weights(args.name, args.out, args.seed)
+    except OSError as exc:
+        print(f"threer-ros weights random: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 2
     print(f"{args.name}: random weights (seed {args.seed}) of the released architecture in "
           f"{path}: for timing and trying the pipeline only, its clouds are meaningless")
     return 0
@@ -237,7 +241,8 @@ def _random(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros weights list|download|random``."""
     p = command_parser(subparsers, "weights",
-                       "list or download the official network weights", __doc__)
+                       "list or download the official network weights (or random stand-ins)",
+                       __doc__)
     sub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     sub.add_parser("list", help="show which weights are present").set_defaults(func=_list)
     d = sub.add_parser("download", help="fetch the official weights")

@@ -181,10 +181,12 @@ def write_checkpoint(spec: ModelSpec, state: Mapping[str, torch.Tensor], path: s
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     if spec.name == "Pow3R":
-        torch.save({"definition": constructor_string(spec), "weights": tensors}, path)
+        checkpoint = {"definition": constructor_string(spec), "weights": tensors}
     else:
-        torch.save({"args": argparse.Namespace(model=constructor_string(spec)),
-                    "model": tensors}, path)
+        checkpoint = {"args": argparse.Namespace(model=constructor_string(spec)),
+                      "model": tensors}
+    with open(path, "wb") as f:          # an unwritable path raises OSError, naming it
+        torch.save(checkpoint, f)
     return path
 
 

@@ -87,21 +87,22 @@ def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
                   "working_width": str(width), "image_reliability": "reliable",
                   **(node_parameters or {})}
     node_args = [arg for key, value in parameters.items() for arg in ("-p", f"{key}:={value}")]
-    node = subprocess.Popen([sys.executable, "-m", "threer_ros.ros.node", "--ros-args",
-                             *node_args])
-    replay = subprocess.Popen([sys.executable, "-m", "threer_ros.cli", "replay", "--synthetic",
-                               "--rate", str(rate_hz), "--width", str(width),
-                               "--seed", str(seed)])
     rclpy.init()
     probe = OutputProbe()
     executor = SingleThreadedExecutor()
     executor.add_node(probe)
     threading.Thread(target=executor.spin, daemon=True).start()
+    children: list[subprocess.Popen] = []
     try:
-        yield SyntheticSession(rig, probe, node, replay)
+        children.append(subprocess.Popen([sys.executable, "-m", "threer_ros.ros.node",
+                                          "--ros-args", *node_args]))
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "threer_ros.cli", "replay", "--synthetic", "--rate",
+             str(rate_hz), "--width", str(width), "--seed", str(seed)]))
+        yield SyntheticSession(rig, probe, *children)
     finally:
         executor.shutdown()
         probe.destroy_node()
         rclpy.shutdown()
-        stop_child(replay)
-        stop_child(node)
+        for child in reversed(children):       # the rig first, then the node
+            stop_child(child)
