@@ -26,7 +26,8 @@ from pathlib import Path
 from threer_ros.bench import environment
 from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
-from threer_ros.ros.session import PIPELINE_STATUS, synthetic_session
+from threer_ros.ros.node import PIPELINE_STATUS
+from threer_ros.ros.session import synthetic_session
 
 #: The pipeline status values reported (besides the backend's ``stage_*_s``), in seconds.
 LATENCY_KEYS = ("end_to_end_latency_s", "node_overhead_s")

@@ -51,6 +51,9 @@ from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration
 from threer_ros.ros.sync import FrameSynchronizer
 from threer_ros.ros.worker import LatestSetWorker
 
+#: Name of the node's pipeline status in ``/diagnostics`` (counters, stage timings, latency).
+PIPELINE_STATUS = "threer_ros: pipeline"
+
 
 @dataclass(frozen=True)
 class NodeSettings:
@@ -451,7 +454,7 @@ class CaptureNode(Node):
             message = f"missing cameras: {', '.join(self._last_missing)}"
         else:
             level, message = DiagnosticStatus.OK, "reconstructing"
-        array.status.append(self._status("threer_ros: pipeline", level, message, values))
+        array.status.append(self._status(PIPELINE_STATUS, level, message, values))
         for camera, st in self._stats.items():
             rate = st.rate_hz(now)
             level = DiagnosticStatus.OK if rate > 0 and not st.rejected else DiagnosticStatus.WARN

@@ -22,10 +22,8 @@ from rclpy.executors import SingleThreadedExecutor
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import save_rig_calibration
 from threer_ros.data.synthetic import SyntheticRig
+from threer_ros.ros.node import PIPELINE_STATUS
 from threer_ros.ros.probe import OutputProbe
-
-#: The status of the capture node's pipeline in ``/diagnostics``.
-PIPELINE_STATUS = "threer_ros: pipeline"
 
 
 @dataclass
