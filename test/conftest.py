@@ -27,8 +27,11 @@ def ros_domain_id() -> int:
     """A base ROS_DOMAIN_ID in 1..20 derived from the process id, so parallel runs don't meet.
 
     Tests that need more domains add multiples of 20 (up to +200, each offset used by one
-    test or module; taken: +20 .. +160): DDS allows 0..232.
+    test or module; taken: +20 .. +160): DDS allows 0..232. ``THREER_TEST_DOMAIN_BASE``
+    overrides the base.
     """
+    if "THREER_TEST_DOMAIN_BASE" in os.environ:     # set by parallel runs on one machine
+        return int(os.environ["THREER_TEST_DOMAIN_BASE"])
     return 1 + os.getpid() % 20
 
 
