@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "threer_ros.ros.replay",
     "threer_ros.ros.record",
     "threer_ros.bag",
+    "threer_ros.calibration_cli",
     "threer_ros.reconstruct",
     "threer_ros.bench",
     "threer_ros.weights",

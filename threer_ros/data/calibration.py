@@ -2,13 +2,15 @@
 
 Format (``docs/calibration.md``)::
 
-    frame_id: rig                 # the fixed frame the poses are expressed in
+    frame_id: rig                 # the frame the poses are expressed in; the node publishes
+                                  # them under its output_frame, which should be the same
     cameras:
       cam_222200037:
         translation: [x, y, z]    # camera centre in the rig frame, metres
         rotation: [qx, qy, qz, qw]  # orientation of the optical frame (x right, y down,
                                     # z forward) in the rig frame, unit quaternion
-        # optional intrinsics, used when no CameraInfo arrives:
+        # intrinsics: optional for the node (CameraInfo comes first), needed where no
+        # CameraInfo exists (threer-ros reconstruct --calibration, calibration export):
         width: 2200
         height: 3208
         K: [fx, 0, cx, 0, fy, cy, 0, 0, 1]
@@ -29,6 +31,12 @@ import yaml
 
 from threer_ros.geometry.transforms import matrix_to_quaternion, quaternion_to_matrix
 from threer_ros.pipeline.types import CameraCalibration
+
+
+#: Distortion models the pipeline undistorts (``threer_ros.pipeline.frames``), with the numbers
+#: of coefficients each takes, in OpenCV order; ``""``: none.
+DISTORTION_MODELS: dict[str, tuple[int, ...]] = {
+    "plumb_bob": (0, 4, 5), "rational_polynomial": (0, 8), "equidistant": (0, 4), "": (0,)}
 
 
 class CalibrationError(ValueError):
@@ -58,7 +66,10 @@ class RigCalibration:
 
 
 def _floats(path: Path, camera: str, key: str, value, length: int) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64).ravel()
+    try:
+        arr = np.asarray(value, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        arr = np.full(length + 1, np.nan)      # not numbers: reported below
     if arr.size != length or not np.all(np.isfinite(arr)):
         raise CalibrationError(f"{path}: camera {camera!r}: '{key}' must be {length} finite "
                                f"numbers, got {value!r}")
@@ -91,28 +102,50 @@ def load_rig_calibration(path: str | Path) -> RigCalibration:
         pose[:3, 3] = _floats(path, camera, "translation", entry["translation"], 3)
         poses[camera] = pose
         if "K" in entry:
-            intrinsics[camera] = CameraCalibration(
-                K=_floats(path, camera, "K", entry["K"], 9).reshape(3, 3),
-                width=int(entry["width"]), height=int(entry["height"]),
-                distortion=np.asarray(entry.get("D", []), dtype=np.float64),
-                distortion_model=str(entry.get("distortion_model", "")))
+            intrinsics[camera] = _intrinsics(path, camera, entry)
     return RigCalibration(str(doc.get("frame_id", "rig")), poses, intrinsics)
+
+
+def _intrinsics(path: Path, camera: str, entry: dict) -> CameraCalibration:
+    size = []
+    for key in ("width", "height"):
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise CalibrationError(f"{path}: camera {camera!r} has K but '{key}' is "
+                                   f"{value!r}: give the image size (pixels) that K refers to")
+        size.append(value)
+    distortion = entry.get("D", [])
+    if not isinstance(distortion, list):
+        raise CalibrationError(f"{path}: camera {camera!r}: 'D' must be a list of numbers")
+    return CameraCalibration(
+        K=_floats(path, camera, "K", entry["K"], 9).reshape(3, 3), width=size[0],
+        height=size[1], distortion=_floats(path, camera, "D", distortion, len(distortion)),
+        distortion_model=str(entry.get("distortion_model", "")))
+
+
+def write_rig_calibration(path: str | Path, rig: RigCalibration) -> None:
+    """Write ``rig`` as a rig calibration file: every camera's pose, and its intrinsics where
+    ``rig.intrinsics`` has them (format in the module docstring)."""
+    cameras = {}
+    for name, pose in rig.cam_to_rig.items():
+        entry = {"translation": [float(v) for v in pose[:3, 3]],
+                 "rotation": [float(v) for v in matrix_to_quaternion(pose[:3, :3])]}
+        calib = rig.intrinsics.get(name)
+        if calib is not None:
+            entry.update({"width": int(calib.width), "height": int(calib.height),
+                          "K": [float(v) for v in np.asarray(calib.K).ravel()],
+                          "distortion_model": calib.distortion_model,
+                          "D": [float(v) for v in np.asarray(calib.distortion).ravel()]})
+        cameras[name] = entry
+    Path(path).write_text(yaml.safe_dump({"frame_id": rig.frame_id, "cameras": cameras},
+                                         sort_keys=False))
 
 
 def save_rig_calibration(path: str | Path, frame_id: str,
                          calibrations: Mapping[str, CameraCalibration]) -> None:
     """Write poses and intrinsics of ``calibrations`` (cameras with a pose) as a rig file."""
-    cameras = {}
     for name, calib in calibrations.items():
         if calib.cam_to_rig is None:
             raise CalibrationError(f"camera {name!r} has no camera-to-rig pose to save")
-        cameras[name] = {
-            "translation": [float(v) for v in calib.cam_to_rig[:3, 3]],
-            "rotation": [float(v) for v in matrix_to_quaternion(calib.cam_to_rig[:3, :3])],
-            "width": int(calib.width), "height": int(calib.height),
-            "K": [float(v) for v in np.asarray(calib.K).ravel()],
-            "distortion_model": calib.distortion_model,
-            "D": [float(v) for v in calib.distortion],
-        }
-    Path(path).write_text(yaml.safe_dump({"frame_id": frame_id, "cameras": cameras},
-                                         sort_keys=False))
+    write_rig_calibration(path, RigCalibration(
+        frame_id, {n: c.cam_to_rig for n, c in calibrations.items()}, dict(calibrations)))
