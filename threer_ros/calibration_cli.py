@@ -27,7 +27,7 @@ from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import (CalibrationError, RigCalibration,
                                          load_rig_calibration, write_rig_calibration)
-from threer_ros.data.calibration_check import bag_report, rig_report
+from threer_ros.data.calibration_check import Report, bag_report, rig_report
 from threer_ros.data.calibration_formats import (FILE_FRAME, MEAN_FRAME, READERS, WRITERS,
                                                  Baseline, build_rig, parse_names, read_source)
 from threer_ros.data.rosbag import BagError
@@ -49,13 +49,13 @@ def _writable(path: Path, force: bool) -> None:
         raise CalibrationError(f"{path} exists; choose another --out or add --force")
 
 
-def _print_report(report, stream=sys.stdout) -> None:
+def _print_report(report: Report) -> None:
     for line in report.lines:
-        print(line, file=stream)
+        print(line)
     for message in report.warnings:
-        print(f"warning: {message}", file=stream)
+        print(f"warning: {message}")
     for message in report.errors:
-        print(f"error: {message}", file=stream)
+        print(f"error: {message}")
 
 
 def _import(args: argparse.Namespace) -> int:

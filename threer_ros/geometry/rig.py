@@ -54,8 +54,11 @@ def rebase(poses: dict[str, np.ndarray], new_rig: np.ndarray, scale: float = 1.0
 
 
 def rotation_angle(R: np.ndarray) -> float:
-    """Rotation angle of the 3x3 rotation ``R`` in radians, in [0, pi]."""
-    return float(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)))
+    """Rotation angle of the 3x3 rotation ``R`` in radians, in [0, pi] (accurate near 0 too:
+    atan2 of the sine, from the skew part, and the cosine, from the trace)."""
+    R = np.asarray(R, np.float64)
+    sine = np.linalg.norm([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / 2.0
+    return float(np.arctan2(sine, (np.trace(R) - 1.0) / 2.0))
 
 
 def nearest_neighbours(centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -38,10 +38,14 @@ MODELS = {"SIMPLE_PINHOLE": (0, 3), "PINHOLE": (1, 4), "SIMPLE_RADIAL": (2, 4),
           "RADIAL_FISHEYE": (9, 5), "THIN_PRISM_FISHEYE": (10, 12),
           "RAD_TAN_THIN_PRISM_FISHEYE": (11, 16)}
 _BY_ID = {model_id: name for name, (model_id, _) in MODELS.items()}
+#: The models whose distortion ROS / OpenCV can represent.
+SUPPORTED = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV",
+             "OPENCV_FISHEYE", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE")
 
 
 def _intrinsics(model: str, p: np.ndarray) -> tuple[np.ndarray, str, np.ndarray]:
-    """(K in COLMAP pixels, ROS distortion model, OpenCV-order coefficients) of a camera."""
+    """(K in COLMAP pixels, ROS distortion model, OpenCV-order coefficients) of a camera of a
+    model in ``SUPPORTED``."""
     single = model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE",
                        "RADIAL_FISHEYE")
     fx, fy, cx, cy = (p[0], p[0], p[1], p[2]) if single else p[:4]
@@ -52,13 +56,10 @@ def _intrinsics(model: str, p: np.ndarray) -> tuple[np.ndarray, str, np.ndarray]
     if model in ("SIMPLE_RADIAL", "RADIAL", "OPENCV"):           # k1[, k2[, p1, p2]]
         return K, "plumb_bob", np.pad(extra, (0, 5 - extra.size))
     if model == "FULL_OPENCV":                                   # k1 k2 p1 p2 k3 k4 k5 k6
+        if not np.any(extra[5:]):
+            return K, "plumb_bob", extra[:5]
         return K, "rational_polynomial", extra
-    if model in ("SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "OPENCV_FISHEYE"):
-        return K, "equidistant", np.pad(extra, (0, 4 - extra.size))  # theta polynomial
-    raise CalibrationError(f"COLMAP camera model {model} cannot be represented (ROS and "
-                           "threer_ros undistort the OpenCV pinhole and fisheye models): "
-                           "reconstruct with PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, "
-                           "FULL_OPENCV, OPENCV_FISHEYE, SIMPLE_RADIAL_FISHEYE or RADIAL_FISHEYE")
+    return K, "equidistant", np.pad(extra, (0, 4 - extra.size))  # the theta polynomial
 
 
 def _data_lines(path: Path) -> list[list[str]]:
@@ -214,8 +215,11 @@ def read_colmap(paths: Sequence[Path]) -> SourceRig:
             raise CalibrationError(f"{imgs_path}: image {file_name} uses camera {camera_id}, "
                                    f"which {cams_path.name} does not have")
         model, width, height, params = cameras[camera_id]
-        if model not in MODELS:
-            raise CalibrationError(f"{cams_path}: camera {camera_id}: unknown model {model!r}")
+        if model not in SUPPORTED:
+            raise CalibrationError(
+                f"{cams_path}: camera {camera_id}: COLMAP camera model {model} cannot be "
+                "represented (ROS and threer_ros undistort OpenCV's pinhole and fisheye "
+                f"models): reconstruct with one of {', '.join(SUPPORTED)}")
         if params.size != MODELS[model][1]:
             raise CalibrationError(f"{cams_path}: camera {camera_id}: {model} takes "
                                    f"{MODELS[model][1]} parameters, got {params.size}")
