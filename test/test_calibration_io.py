@@ -415,6 +415,8 @@ MALFORMED = [
     ("kalibr", _broken_kalibr(lambda d: d["cam0"].update(resolution=[640.5, 480])), [],
      "'resolution' must be [width, height]"),
     ("kalibr", _broken_kalibr(lambda d: None), ["--names", "a,b"], "--names gives 2 names"),
+    ("kalibr", _broken_kalibr(lambda d: d["cam2"].update(T_cn_cnm1=np.eye(4).tolist())), [],
+     "cam1 and cam2 have the same pose"),
     ("kalibr", _broken_kalibr(lambda d: None), ["--rig-frame", "nope"],
      "--rig-frame: no camera 'nope'"),
     ("opencv", _broken_opencv(_skip_link), [], "links camera 1 to camera 3, which is not the next"),
@@ -445,10 +447,10 @@ MALFORMED = [
                          ids=[f"{m[0]}-{m[3][:30]}" for m in MALFORMED])
 def test_malformed_files_give_a_clear_error(tmp_path, capsys, fmt, make, extra, message):
     files = make(tmp_path)
-    code, _, err = run(capsys, "calibration", "import", "--from", fmt, *files, "--out",
-                       tmp_path / "rig.yaml", *extra)
+    code, out, err = run(capsys, "calibration", "import", "--from", fmt, *files, "--out",
+                         tmp_path / "rig.yaml", *extra)
     assert code == 1
-    assert message in err, err
+    assert message in err + out, err + out
     assert not (tmp_path / "rig.yaml").exists()
 
 

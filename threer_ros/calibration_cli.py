@@ -77,14 +77,19 @@ def _import(args: argparse.Namespace) -> int:
     rig, notes = build_rig(source, names=parse_names(args.names) if args.names else None,
                            names_from_topics=args.names_from_topics, rig_frame=args.rig_frame,
                            scale=args.scale, baseline=baseline, frame_id=args.frame_id)
-    write_rig_calibration(args.out, rig)
-    print(f"wrote {args.out}: {len(rig.cam_to_rig)} cameras ({', '.join(rig.cam_to_rig)}) in "
-          f"frame {rig.frame_id!r}, {len(rig.intrinsics)} with intrinsics")
     for note in notes:
         print(f"note: {note}")
     report = rig_report(rig, str(args.out))
-    for message in report.warnings + report.errors:
+    for message in report.warnings:
         print(f"warning: {message}")
+    if report.errors:
+        for message in report.errors:
+            print(f"error: {message}")
+        print(f"not written: {args.out} would not be usable")
+        return 1
+    write_rig_calibration(args.out, rig)
+    print(f"wrote {args.out}: {len(rig.cam_to_rig)} cameras ({', '.join(rig.cam_to_rig)}) in "
+          f"frame {rig.frame_id!r}, {len(rig.intrinsics)} with intrinsics")
     return 0
 
 
@@ -97,7 +102,7 @@ def _export(args: argparse.Namespace) -> int:
     elif args.format == "colmap":
         options["image_name"] = args.image_name
     WRITERS[args.format](rig, args.out, **options)
-    print(f"wrote {args.out}: {len(rig.cam_to_rig)} cameras as a {args.format} calibration")
+    print(f"wrote {args.out}: {len(rig.cam_to_rig)} cameras in {args.format}'s layout")
     return 0
 
 
