@@ -152,18 +152,20 @@ def _pair_pose(origin: dict[str, Path], parts: dict[str, tuple]) -> np.ndarray:
 
 
 def _size(nodes: dict, index: int, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
-    sizes = _indexed(nodes, "size")
-    widths, heights = _indexed(nodes, "width"), _indexed(nodes, "height")
-    value = sizes.get(index, (None, None))[1]
+    """Camera ``index``'s (width, height): its own nodes, else the file's, else ``image_size``."""
+    def pick(size, width, height):
+        if size is not None:
+            return size
+        if isinstance(width, np.ndarray) and isinstance(height, np.ndarray):
+            return np.concatenate([width.ravel(), height.ravel()])
+        return None
+
+    own = {kind: _indexed(nodes, kind).get(index, (None, None))[1]
+           for kind in ("size", "width", "height")}
+    value = pick(own["size"], own["width"], own["height"])
     if value is None:
-        value = next((nodes[k] for k in _GLOBAL["size"] if k in nodes), None)
-    if value is None:
-        w = widths.get(index, (None, None))[1]
-        h = heights.get(index, (None, None))[1]
-        w = w if w is not None else nodes.get("image_width")
-        h = h if h is not None else nodes.get("image_height")
-        if w is not None and h is not None:
-            value = np.concatenate([np.ravel(w), np.ravel(h)])
+        value = pick(next((nodes[k] for k in _GLOBAL["size"] if k in nodes), None),
+                     nodes.get("image_width"), nodes.get("image_height"))
     if value is None:
         return image_size
     arr = np.ravel(value) if isinstance(value, np.ndarray) else np.zeros(0)
@@ -259,14 +261,17 @@ def read_opencv(paths: Sequence[Path], fisheye: bool = False,
                     f"T_{i - 1}_{i} (stereoCalibrate of cameras {i - 1} and {i}); the chain "
                     "must link every camera to the one before it")
             poses[name] = poses[cameras[i - 2]] @ invert_pose(links[(i - 1, i)])
-        D = _indexed(nodes, "D").get(local, (None, np.zeros(0)))[1]
+        d_key, D = _indexed(nodes, "D").get(local, (key, np.zeros(0)))
+        if not isinstance(D, np.ndarray):
+            raise CalibrationError(f"{origin[d_key]}: {d_key} must be a numeric matrix or "
+                                   "sequence of distortion coefficients")
         model = _indexed(nodes, "model").get(local, (None, nodes.get("distortion_model")))[1]
         size = _size(nodes, local, image_size)
         if size is None:
             notes.append(f"{name}: no image size in the file; its intrinsics are left out "
                          "(give --image-size WxH)")
             continue
-        ros_model, coeffs = _distortion(origin[key], i, np.asarray(D, np.float64),
+        ros_model, coeffs = _distortion(origin[key], i, D,
                                         model if isinstance(model, str) else None, fisheye)
         intrinsics[name] = checked_calibration(origin[key], name, K, size[0], size[1],
                                                ros_model, coeffs)
