@@ -138,7 +138,7 @@ def write_rig_calibration(path: str | Path, rig: RigCalibration) -> None:
                           "D": [float(v) for v in np.asarray(calib.distortion).ravel()]})
         cameras[name] = entry
     Path(path).write_text(yaml.safe_dump({"frame_id": rig.frame_id, "cameras": cameras},
-                                         sort_keys=False))
+                                         sort_keys=False, default_flow_style=None))
 
 
 def save_rig_calibration(path: str | Path, frame_id: str,

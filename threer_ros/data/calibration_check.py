@@ -65,8 +65,8 @@ def _intrinsics_line(calib: CameraCalibration | None) -> str:
 def _check_intrinsics(name: str, calib: CameraCalibration, report: Report) -> None:
     K = np.asarray(calib.K, np.float64)
     if not np.allclose(K[2], [0, 0, 1]) or K[1, 0] != 0:
-        report.errors.append(f"{name}: K is not a camera matrix (last row {K[2].tolist()}, "
-                             "expected [0, 0, 1])")
+        report.errors.append(f"{name}: K {K.ravel().tolist()} is not a camera matrix "
+                             "[fx, s, cx, 0, fy, cy, 0, 0, 1]")
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         report.errors.append(f"{name}: focal lengths must be positive (fx {K[0, 0]}, fy "
                              f"{K[1, 1]})")

@@ -33,7 +33,7 @@ _IMAGE_SEGMENTS = ("image_raw", "image", "image_rect", "image_color", "image_mon
                    "image_rect_color")
 
 __all__ = ["READERS", "WRITERS", "MEAN_FRAME", "FILE_FRAME", "SourceRig", "Baseline",
-           "build_rig", "camera_from_topic", "parse_names"]
+           "build_rig", "camera_from_topic", "parse_names", "read_source"]
 
 
 @dataclass(frozen=True)
