@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from threer_ros.cli import main
-from threer_ros.data.calibration import RigCalibration, load_rig_calibration, \
-    write_rig_calibration
+from threer_ros.data.calibration import CalibrationError, RigCalibration, \
+    load_rig_calibration, write_rig_calibration
+from threer_ros.data.calibration_formats import camera_from_topic, parse_names
 from threer_ros.geometry.rig import axes_convergence, chordal_mean_rotation, rotation_angle
 from threer_ros.geometry.transforms import invert_pose, look_at, matrix_to_quaternion
 from threer_ros.pipeline.types import CameraCalibration
@@ -155,6 +156,17 @@ def test_chordal_mean_and_axes_convergence():
     parallel = np.stack([np.eye(4), np.eye(4)])
     parallel[1, 0, 3] = 0.1
     assert axes_convergence(parallel) is None
+
+
+def test_camera_names_from_topics_and_names_options():
+    assert camera_from_topic("/stereo/left/image_raw/compressed") == "left"
+    assert camera_from_topic("cam_222200037/image") == "cam_222200037"
+    with pytest.raises(CalibrationError, match="no namespace"):
+        camera_from_topic("/image_raw")
+    assert parse_names("a, b,c") == ["a", "b", "c"]
+    assert parse_names("cam0=a,cam2=c") == {"cam0": "a", "cam2": "c"}
+    with pytest.raises(CalibrationError, match="mixes a list and a mapping"):
+        parse_names("a,cam1=b")
 
 
 # --- Kalibr
@@ -483,6 +495,7 @@ def test_check_synthetic_rig_against_its_bag(tmp_path, capsys):
                      "--out", tmp_path / "rig64.yaml")
     rig = load_rig_calibration(tmp_path / "rig64.yaml")
     rig.cam_to_rig["cam_extra"] = rig.cam_to_rig.pop("cam_top")
+    rig.cam_to_rig["cam_mid"][:3, 3] += [0.01, 0.0, 0.0]
     write_rig_calibration(tmp_path / "rig64.yaml", rig)
     code, out, _ = run(capsys, "calibration", "check", tmp_path / "rig64.yaml", "--bag",
                        tmp_path / "bag", "--config", config)
@@ -491,6 +504,20 @@ def test_check_synthetic_rig_against_its_bag(tmp_path, capsys):
     assert "cam_extra: the bag has no images on /cam_extra/image_raw" in out
     assert "the bag has images of camera(s) cam_top, which the file does not have" in out
     assert "the node's cameras cam_top are not in the file" in out
+    assert "cam_mid: the bag's /tf_static pose differs from the file by 0.0100 m" in out
+
+
+def test_check_a_compressed_bag(tmp_path, capsys):
+    config = small_config(tmp_path)
+    run(capsys, "calibration", "synthetic", "--width", 48, "--config", config, "--out",
+        tmp_path / "rig.yaml")
+    code, _, err = run(capsys, "bag", "from-synthetic", "--sets", 1, "--width", 48, "--t0", 0,
+                       "--config", config, "--compressed", "--out", tmp_path / "bag")
+    assert code == 0, err
+    code, out, _ = run(capsys, "calibration", "check", tmp_path / "rig.yaml", "--bag",
+                       tmp_path / "bag", "--config", config)
+    assert code == 0, out
+    assert "cam_left: images on /cam_left/image_raw/compressed 48x70, CameraInfo" in out
 
 
 def test_check_finds_what_looks_wrong(tmp_path, capsys):
