@@ -179,10 +179,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--names-from-topics", action="store_true",
                    help="kalibr: name each camera after its rostopic's namespace "
                         "(/cam_a/image_raw -> cam_a)")
-    p.add_argument("--rig-frame", default=None, metavar="CAMERA|mean|file",
-                   help="the rig frame: a camera's optical frame; mean: mean camera centre and "
-                        "chordal mean orientation; file: the file's own frame (COLMAP's world). "
-                        "Default: the first camera")
+    p.add_argument("--rig-frame", default=None, metavar=f"CAMERA|{MEAN_FRAME}|{FILE_FRAME}",
+                   help=f"the rig frame: a camera's optical frame; {MEAN_FRAME}: mean camera "
+                        f"centre and chordal mean orientation; {FILE_FRAME}: the file's own "
+                        "frame (COLMAP's world). Default: the first camera")
     p.add_argument("--frame-id", default="rig", help="name of the rig frame (default: rig, "
                    "the node's default output_frame)")
     p.add_argument("--scale", type=float, default=None,
