@@ -40,6 +40,7 @@ from tf2_msgs.msg import TFMessage
 
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
+from threer_ros.geometry.fusion import stratified_subset
 from threer_ros.pipeline.backends import (BackendOptions, make_reconstructor,
                                          options_from_parameters, resolve_device)
 from threer_ros.pipeline.compare import Comparison, CompareReconstructor
@@ -344,11 +345,10 @@ class CaptureNode(Node):
         s = self.settings
         points, colors, conf = recon.points, recon.colors, recon.confidence
         keep = np.isfinite(points).all(axis=1) & (conf >= s.options.confidence_threshold)
-        points, colors, conf = points[keep], colors[keep], conf[keep]
+        if not keep.all():
+            points, colors, conf = points[keep], colors[keep], conf[keep]
         if len(points) > s.max_points:
-            idx = np.random.default_rng(recon.stamp_ns).choice(len(points), s.max_points,
-                                                               replace=False)
-            idx.sort()
+            idx = stratified_subset(len(points), s.max_points, seed=recon.stamp_ns)
             points, colors, conf = points[idx], colors[idx], conf[idx]
         return cloud_to_msg(header, points, colors, conf), len(points)
 
