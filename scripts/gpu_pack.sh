@@ -32,7 +32,7 @@ stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/site" "$stage/lib"
 excludes=()
-for name in "${skip[@]}"; do excludes+=(--exclude="/$name"); done
+for name in "${skip[@]}"; do excludes+=(--exclude="./$name"); done
 tar -C "$site" "${excludes[@]}" --exclude=__pycache__ -cf - . | tar -C "$stage/site" -xf -
 cp -a "$venv"/lib/*.so* "$stage/lib/" 2>/dev/null || true
 mkdir -p "$(dirname "$out")"
