@@ -12,7 +12,7 @@ from threer_ros.data.calibration import (CalibrationError, load_rig_calibration,
                                          save_rig_calibration)
 from threer_ros.data.ply import read_ply, write_ply
 from threer_ros.geometry.fusion import (accuracy_completeness, remove_statistical_outliers,
-                                       voxel_downsample)
+                                        stratified_subset, voxel_downsample)
 from threer_ros.geometry.transforms import (invert_pose, look_at, make_pose,
                                             matrix_to_quaternion, quaternion_to_matrix,
                                             transform_points)
@@ -130,3 +130,16 @@ def test_rig_calibration_file_round_trip_and_errors(tmp_path):
     with pytest.raises(CalibrationError, match="cannot read"):
         load_rig_calibration(tmp_path / "missing.yaml")
     assert make_pose(np.eye(3), np.ones(3))[3, 3] == 1
+
+
+@pytest.mark.parametrize("count,budget", [(10, 9), (1_000_003, 500_000), (7, 0), (100, 1)])
+def test_stratified_subset_is_distinct_sorted_and_in_range(count, budget):
+    idx = stratified_subset(count, budget, seed=3)
+    assert len(idx) == budget and len(np.unique(idx)) == budget
+    assert np.all(np.diff(idx) > 0) and (budget == 0 or (idx[0] >= 0 and idx[-1] < count))
+    # one draw per stratum: every tenth of the range holds a tenth of the subset
+    if budget >= 1000:
+        per_tenth = np.bincount(idx * 10 // count, minlength=10)
+        assert np.all(np.abs(per_tenth - budget / 10) <= 1)
+    with pytest.raises(ValueError, match="budget"):
+        stratified_subset(count, count, seed=0)

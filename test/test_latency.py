@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make test installs it)")
 
 from threer_ros.cli import main  # noqa: E402
-from threer_ros.ros.latency import parse_parameters  # noqa: E402
+from threer_ros.ros.latency import parse_parameters, stream_report  # noqa: E402
 
 
 def test_node_parameters_are_checked_before_anything_starts(capsys):
@@ -38,3 +38,23 @@ def test_latency_is_measured_over_the_requested_reconstructions(
     assert "stage_depth_s" in summary and "stage_publish_s" in summary
     for sample in result["samples_s"]:       # the backend's time is inside the latency
         assert 0 <= sample["node_overhead_s"] < sample["end_to_end_latency_s"]
+    stream = result["stream"]              # every measured cloud, seen by a subscriber
+    assert stream["clouds"] == len(result["cloud_arrivals_ns"]) == 2
+    assert 0 < stream["latency_p50_s"] <= stream["latency_p99_s"] <= stream["latency_max_s"]
+    assert "sets/s" in table and "p99" in table
+
+
+def test_stream_report_counts_triggers_drops_and_latency_percentiles():
+    second = 1_000_000_000
+    # a 10 Hz rig: triggers every 0.1 s; the sets at 0.2 s and 0.3 s were dropped
+    stamps = [0, second // 10, 4 * second // 10, 5 * second // 10]
+    latencies = [0.05, 0.06, 0.07, 0.20]
+    arrivals = [(s, s + int(lat * second)) for s, lat in zip(stamps, latencies)]
+    report = stream_report(arrivals, rate_hz=10.0)
+    assert report["clouds"] == 4 and report["sets_triggered"] == 6
+    assert report["fraction_reconstructed"] == pytest.approx(4 / 6)
+    assert report["sets_per_s"] == pytest.approx(3 / 0.65)
+    assert report["latency_p50_s"] == pytest.approx(0.065)
+    assert 0.19 < report["latency_p99_s"] <= report["latency_max_s"] == pytest.approx(0.20)
+    with pytest.raises(ValueError, match="at least 2 clouds"):
+        stream_report(arrivals[:1], rate_hz=10.0)

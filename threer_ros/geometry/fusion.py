@@ -101,6 +101,21 @@ def _grid_mean_neighbour_distance(points: torch.Tensor, neighbours: int,
     return mean
 
 
+def stratified_subset(count: int, budget: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``budget`` of ``count`` points (``budget < count``): one point drawn
+    at random from each of ``budget`` equal, consecutive strata of the index range.
+
+    A fused cloud is ordered by voxel, so the subset thins the cloud evenly in space; it costs
+    O(budget), where drawing without replacement costs a permutation of all ``count`` points.
+    """
+    if not 0 <= budget < count:
+        raise ValueError(f"a subset of {budget} of {count} points: need 0 <= budget < count")
+    bounds = np.arange(budget + 1, dtype=np.int64) * count // budget     # stratum edges
+    widths = np.diff(bounds)                                              # >= 1 each
+    draws = np.random.default_rng(seed).random(budget)
+    return bounds[:-1] + np.minimum((draws * widths).astype(np.int64), widths - 1)
+
+
 @dataclass(frozen=True)
 class FusionSettings:
     """How per-view points become one cloud.

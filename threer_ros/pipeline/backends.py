@@ -111,6 +111,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def device_memory_mib(device: str) -> dict[str, float]:
+    """Memory that PyTorch holds on ``device`` (MiB): ``gpu_memory_allocated_mib`` (in tensors)
+    and ``gpu_memory_reserved_mib`` (by its caching allocator); empty off CUDA or before CUDA
+    was first used, so that asking never starts CUDA."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_initialized():
+        return {}
+    return {"gpu_memory_allocated_mib": torch.cuda.memory_allocated(device) / 2**20,
+            "gpu_memory_reserved_mib": torch.cuda.memory_reserved(device) / 2**20}
+
+
 def make_reconstructor(name: str, options: BackendOptions) -> Reconstructor:
     """Build the backend ``name`` (see :data:`BACKENDS`).
 

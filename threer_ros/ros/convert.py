@@ -7,6 +7,7 @@ is a numpy array) alike. Message types are imported lazily where a message is bu
 
 from __future__ import annotations
 
+import array
 from typing import Any, Sequence
 
 import cv2
@@ -136,28 +137,33 @@ def image_to_msg_fields(rgb: np.ndarray, encoding: str = "rgb8") -> dict[str, An
 FLOAT32 = 7  # sensor_msgs/PointField.FLOAT32
 CLOUD_FIELDS = (("x", 0), ("y", 4), ("z", 8), ("rgb", 12), ("confidence", 16))
 POINT_STEP = 20
+#: One point of a packed cloud (:data:`CLOUD_FIELDS`), little-endian.
+CLOUD_DTYPE = np.dtype({"names": [name for name, _ in CLOUD_FIELDS],
+                        "formats": ["<f4", "<f4", "<f4", "<u4", "<f4"],
+                        "offsets": [offset for _, offset in CLOUD_FIELDS],
+                        "itemsize": POINT_STEP})
 
 
 def pack_cloud(points: np.ndarray, colors: np.ndarray, confidence: np.ndarray
-               ) -> tuple[list[tuple[str, int, int, int]], int, bytes, bool]:
+               ) -> tuple[list[tuple[str, int, int, int]], int, array.array, bool]:
     """Pack a cloud the way ``sensor_msgs_py.point_cloud2.create_cloud`` and RViz expect.
 
     Returns ``(fields, point_step, data, is_dense)`` with fields ``(name, offset, datatype,
     count)``: x, y, z, rgb, confidence as little-endian float32; ``rgb`` holds the bits of the
-    uint32 ``0x00RRGGBB``.
+    uint32 ``0x00RRGGBB``. ``data`` is an ``array.array('B')``, the buffer type that a
+    ``PointCloud2`` message keeps as it is: the points are written into it once, and building
+    the message copies nothing.
     """
     n = len(points)
-    record = np.empty(n, np.dtype({"names": [f for f, _ in CLOUD_FIELDS],
-                                   "formats": ["<f4", "<f4", "<f4", "<u4", "<f4"],
-                                   "offsets": [o for _, o in CLOUD_FIELDS],
-                                   "itemsize": POINT_STEP}))
+    data = array.array("B", [0]) * (n * POINT_STEP)
+    record = np.frombuffer(data, CLOUD_DTYPE)
     xyz = np.asarray(points, np.float32)
     record["x"], record["y"], record["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     c = np.asarray(colors, np.uint32)
     record["rgb"] = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
     record["confidence"] = np.asarray(confidence, np.float32)
     fields = [(name, offset, FLOAT32, 1) for name, offset in CLOUD_FIELDS]
-    return fields, POINT_STEP, record.tobytes(), bool(np.isfinite(xyz).all())
+    return fields, POINT_STEP, data, bool(np.isfinite(xyz).all())
 
 
 def unpack_cloud(fields: Sequence[tuple[str, int, int, int]], point_step: int, data: Any,

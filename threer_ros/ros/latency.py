@@ -4,14 +4,20 @@
     threer-ros latency --backend pow3r --param checkpoint:=pow3r.pth --param pair_batch:=68
 
 Starts the synthetic rig and the capture node in their own processes (as ``threer-ros demo``
-does) and reads the node's ``/diagnostics`` after each reconstruction: ``end_to_end_latency_s``
-(from the callback of a set's last image to its cloud, poses and TF being published),
-``node_overhead_s`` (that latency minus the backend's own time: decoding and resizing the last
-image, synchronisation, the hand-off to the worker thread, building and publishing the
-PointCloud2) and the backend's stages. The first ``--warmup`` reconstructions (CUDA start-up,
-compilation) are left out; the report gives the median, minimum and maximum of each value over
-the next ``--sets``, as a table and optionally as JSON. Keep ``--rate`` below the node's
-reconstruction rate, or the latency includes the wait behind the previous set.
+does), then measures two things:
+
+* the stream, as a subscriber sees it: every cloud's trigger-to-cloud latency (receipt time
+  minus the set's stamp, which is the rig's trigger time on the same host's clock), p50 and p99,
+  sets reconstructed per second, and the fraction of the triggered sets that came out;
+* the node's ``/diagnostics`` (published once a second, so at higher rates a sample of the
+  sets): ``end_to_end_latency_s`` (from the callback of a set's last image to its cloud, poses
+  and TF being published), ``node_overhead_s`` (that latency minus the backend's own time:
+  decoding and resizing the last image, synchronisation, the hand-off to the worker thread,
+  building and publishing the PointCloud2), the backend's stages, and the GPU memory.
+
+The first ``--warmup`` clouds (CUDA start-up, compilation) are left out and the next ``--sets``
+measured; the report is a table and optionally JSON (with every cloud's stamp and receipt time,
+for latency-over-time plots). ``--compressed`` has the rig send JPEG ``CompressedImage``.
 """
 
 from __future__ import annotations
@@ -23,14 +29,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from threer_ros.bench import environment
 from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.ros.node import PIPELINE_STATUS
 from threer_ros.ros.session import synthetic_session
 
-#: The pipeline status values reported (besides the backend's ``stage_*_s``), in seconds.
-LATENCY_KEYS = ("end_to_end_latency_s", "node_overhead_s")
+#: The pipeline status values reported (besides the backend's ``stage_*_s``): seconds, and
+#: the device memory in MiB where the backend runs on a GPU.
+LATENCY_KEYS = ("end_to_end_latency_s", "node_overhead_s", "gpu_memory_allocated_mib",
+                "gpu_memory_reserved_mib")
 
 
 def parse_parameters(items: list[str]) -> dict[str, str]:
@@ -87,9 +97,42 @@ def summarize(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
             for key in keys if (v := [s[key] for s in samples if key in s])}
 
 
+def stream_report(arrivals: list[tuple[int, int]], rate_hz: float) -> dict[str, float]:
+    """Throughput and latency of a stream of clouds as a subscriber saw them.
+
+    Args:
+        arrivals: ``(stamp_ns, received_ns)`` of each cloud, in order of receipt; the stamp is
+            the set's trigger time, the receipt time is the same host's wall clock.
+        rate_hz: The rig's trigger rate.
+
+    Returns:
+        ``clouds``, ``sets_per_s`` (clouds over the time between the first and the last receipt),
+        ``sets_triggered`` (triggers between the first and the last cloud's stamp),
+        ``fraction_reconstructed``, and the trigger-to-cloud latency's ``latency_p50_s``,
+        ``latency_p99_s`` and ``latency_max_s``.
+    """
+    if len(arrivals) < 2:
+        raise ValueError(f"a stream report needs at least 2 clouds, got {len(arrivals)}")
+    stamps = np.array([a[0] for a in arrivals], np.int64)
+    received = np.array([a[1] for a in arrivals], np.int64)
+    latency = (received - stamps) * 1e-9
+    triggered = int(round((stamps.max() - stamps.min()) * 1e-9 * rate_hz)) + 1
+    return {"clouds": len(arrivals),
+            "sets_per_s": (len(arrivals) - 1) / ((received[-1] - received[0]) * 1e-9),
+            "sets_triggered": triggered,
+            "fraction_reconstructed": min(1.0, len(arrivals) / triggered),
+            "latency_p50_s": float(np.percentile(latency, 50)),
+            "latency_p99_s": float(np.percentile(latency, 99)),
+            "latency_max_s": float(latency.max())}
+
+
 def _print_table(summary: dict[str, dict[str, float]]) -> None:
     print(f"{'value':>24} {'median':>10} {'min':>10} {'max':>10}   n")
     for key, row in summary.items():
+        if key.endswith("_mib"):
+            print(f"{key.removesuffix('_mib'):>24} " + " ".join(
+                f"{row[s]:6.0f} MiB" for s in ("median", "min", "max")) + f"   {row['n']}")
+            continue
         name = key.removeprefix("stage_").removesuffix("_s")
         print(f"{name:>24} " + " ".join(f"{row[s] * 1e3:8.1f}ms" for s in
                                          ("median", "min", "max")) + f"   {row['n']}")
@@ -103,27 +146,44 @@ def run_latency(args: argparse.Namespace) -> int:
         return 2
     parameters = {"backend": args.backend, "device": args.device,
                   "working_width": str(args.working_width or args.width),
-                  "max_rate": "0.0", **parameters}
+                  "max_rate": "0.0",
+                  "image_transport": "compressed" if args.compressed else "raw", **parameters}
     log = ReconstructionLog()
     wanted = args.warmup + args.sets
     print(f"latency of the capture node: {parameters}; synthetic rig at {args.width} px, "
-          f"{args.rate} Hz; {args.warmup} warm-up + {args.sets} measured reconstructions")
-    with synthetic_session(args.out, args.width, args.rate, args.seed, parameters) as session:
+          f"{args.rate} Hz{', JPEG' if args.compressed else ''}; {args.warmup} warm-up + "
+          f"{args.sets} measured clouds")
+    with synthetic_session(args.out, args.width, args.rate, args.seed, parameters,
+                           compressed=args.compressed) as session:
         deadline = time.monotonic() + args.timeout
-        while not session.probe.wait_for(lambda r: log.update(r.diagnostics) >= wanted,
-                                         timeout=1.0):
+        while not session.probe.wait_for(
+                lambda r: log.update(r.diagnostics) >= 0 and len(r.cloud_arrivals) >= wanted
+                and max(log.by_count, default=0) >= wanted,
+                timeout=1.0):
             problem = session.exited_early()
             if problem or time.monotonic() > deadline:
                 print(f"threer-ros latency: {problem or 'timed out'} after "
-                      f"{len(log.by_count)} of {wanted} reconstructions", file=sys.stderr)
+                      f"{len(session.probe.recorded.cloud_arrivals)} of {wanted} clouds",
+                      file=sys.stderr)
                 return 1
-    warmup, measured = log.samples()[:args.warmup], log.samples()[args.warmup:wanted]
+        arrivals = list(session.probe.recorded.cloud_arrivals[args.warmup:wanted])
+    stream = stream_report(arrivals, args.rate)
+    samples = log.samples()
+    warmup = [s for c, s in zip(sorted(log.by_count), samples) if c <= args.warmup]
+    measured = [s for c, s in zip(sorted(log.by_count), samples) if args.warmup < c <= wanted]
     summary = summarize(measured)
+    print(f"{stream['clouds']} clouds at {stream['sets_per_s']:.2f} sets/s, "
+          f"{stream['fraction_reconstructed']:.0%} of {stream['sets_triggered']} triggered sets; "
+          f"trigger-to-cloud latency p50 {stream['latency_p50_s'] * 1e3:.1f} ms, "
+          f"p99 {stream['latency_p99_s'] * 1e3:.1f} ms, max {stream['latency_max_s'] * 1e3:.1f} ms")
+    print(f"the node's diagnostics (sampled at 1 Hz: {len(measured)} of the measured sets):")
     _print_table(summary)
     if args.json:
         report = {"environment": environment(), "command": " ".join(sys.argv),
                   "parameters": parameters, "width": args.width, "rate_hz": args.rate,
-                  "summary_s": summary, "samples_s": measured, "warmup_samples_s": warmup}
+                  "compressed": args.compressed, "stream": stream,
+                  "cloud_arrivals_ns": arrivals, "summary_s": summary, "samples_s": measured,
+                  "warmup_samples_s": warmup}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     return 0
@@ -144,6 +204,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="another node parameter (repeatable), e.g. pair_batch:=68")
     p.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
+    p.add_argument("--compressed", action="store_true",
+                   help="the rig publishes JPEG CompressedImage (the node decodes them)")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds to wait for all reconstructions")
     p.add_argument("--out", type=Path, default=Path("out/latency"),

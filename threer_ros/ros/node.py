@@ -40,8 +40,10 @@ from tf2_msgs.msg import TFMessage
 
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
-from threer_ros.pipeline.backends import (BackendOptions, make_reconstructor,
-                                         options_from_parameters, resolve_device)
+from threer_ros.geometry.fusion import stratified_subset
+from threer_ros.pipeline.backends import (BackendOptions, device_memory_mib,
+                                         make_reconstructor, options_from_parameters,
+                                         resolve_device)
 from threer_ros.pipeline.compare import Comparison, CompareReconstructor
 from threer_ros.pipeline.frames import FramePreparer
 from threer_ros.pipeline.types import CameraCalibration, Frame, FrameSet, Reconstruction
@@ -203,8 +205,10 @@ class CaptureNode(Node):
         self._backend_error = ""
         self._reconstructor = None
         self._comparison: Comparison | None = None
+        self._device = "cpu"
         try:
             options = replace(s.options, device=resolve_device(s.options.device))
+            self._device = options.device
             built = {name: make_reconstructor(name, options) for name in s.backends}
             self._reconstructor = built[s.backend] if len(built) == 1 \
                 else CompareReconstructor(built)
@@ -344,11 +348,10 @@ class CaptureNode(Node):
         s = self.settings
         points, colors, conf = recon.points, recon.colors, recon.confidence
         keep = np.isfinite(points).all(axis=1) & (conf >= s.options.confidence_threshold)
-        points, colors, conf = points[keep], colors[keep], conf[keep]
+        if not keep.all():
+            points, colors, conf = points[keep], colors[keep], conf[keep]
         if len(points) > s.max_points:
-            idx = np.random.default_rng(recon.stamp_ns).choice(len(points), s.max_points,
-                                                               replace=False)
-            idx.sort()
+            idx = stratified_subset(len(points), s.max_points, seed=recon.stamp_ns)
             points, colors, conf = points[idx], colors[idx], conf[idx]
         return cloud_to_msg(header, points, colors, conf), len(points)
 
@@ -445,6 +448,7 @@ class CaptureNode(Node):
         if recon is not None:
             values.update({f"stage_{k}_s": f"{v:.4f}" for k, v in recon.timings_s.items()})
             values.update({k: f"{v:.6g}" for k, v in recon.info.items()})
+        values.update({k: f"{v:.1f}" for k, v in device_memory_mib(self._device).items()})
         if self._backend_error:
             level, message = DiagnosticStatus.ERROR, self._backend_error
         elif work.failed and (recon is None):

@@ -7,6 +7,7 @@ for events instead of sleeping.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -22,6 +23,8 @@ class Recorded:
     """Messages received so far (newest last)."""
 
     clouds: list[PointCloud2] = field(default_factory=list)
+    #: (header stamp, wall-clock time of receipt) of every cloud, in nanoseconds
+    cloud_arrivals: list[tuple[int, int]] = field(default_factory=list)
     poses: list[PoseArray] = field(default_factory=list)
     tf: dict[str, object] = field(default_factory=dict)         # child frame -> TransformStamped
     tf_static: dict[str, object] = field(default_factory=dict)  # child frame -> TransformStamped
@@ -56,7 +59,11 @@ class OutputProbe(Node):
                                  QoSProfile(depth=10))
 
     def _on_cloud(self, msg: PointCloud2) -> None:
+        received_ns = time.time_ns()
         with self._cond:
+            stamp = msg.header.stamp
+            self.recorded.cloud_arrivals.append((stamp.sec * 1_000_000_000 + stamp.nanosec,
+                                                 received_ns))
             self.recorded.clouds.append(msg)
             del self.recorded.clouds[:-self._keep]
             self._cond.notify_all()

@@ -62,8 +62,8 @@ def stop_child(process: subprocess.Popen, timeout_s: float = 120.0) -> None:
 
 @contextmanager
 def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
-                      node_parameters: Mapping[str, str] | None = None
-                      ) -> Iterator[SyntheticSession]:
+                      node_parameters: Mapping[str, str] | None = None,
+                      compressed: bool = False) -> Iterator[SyntheticSession]:
     """Start the synthetic rig (``width`` px portrait images, ``rate_hz`` sets per second) and
     the capture node, and spin a probe on the node's outputs; stop all three on exit.
 
@@ -96,7 +96,8 @@ def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
                                           "--ros-args", *node_args]))
         children.append(subprocess.Popen(
             [sys.executable, "-m", "threer_ros.cli", "replay", "--synthetic", "--rate",
-             str(rate_hz), "--width", str(width), "--seed", str(seed)]))
+             str(rate_hz), "--width", str(width), "--seed", str(seed)]
+            + (["--compressed"] if compressed else [])))
         yield SyntheticSession(rig, probe, *children)
     finally:
         executor.shutdown()
