@@ -60,3 +60,57 @@ def test_max_rate_limits_how_often_jobs_start():
     assert worker.wait_idle(10)
     worker.stop()
     assert results == [1] and worker.stats.rate_limited == 1
+
+
+def test_the_next_set_is_reconstructed_while_the_last_result_is_delivered():
+    delivering = threading.Event()
+    release = threading.Event()
+    second_done = threading.Event()
+    delivered: list[int] = []
+
+    def process(item: int) -> int:
+        if item == 2:
+            second_done.set()
+        return item
+
+    def deliver(item: int, result: int) -> None:
+        if item == 1:
+            delivering.set()
+            assert release.wait(10)
+        delivered.append(result)
+
+    worker = LatestSetWorker(process, deliver, lambda item, exc: None)
+    worker.submit(1)
+    assert delivering.wait(10)        # set 1 is being published ...
+    worker.submit(2)
+    assert second_done.wait(10)       # ... while set 2 is reconstructed
+    assert delivered == []
+    release.set()
+    assert worker.wait_idle(10)
+    worker.stop(10)
+    assert delivered == [1, 2] and worker.stats.completed == 2   # in order, none dropped
+
+
+def test_a_failing_delivery_is_reported_and_stop_delivers_what_was_finished():
+    errors: list[str] = []
+    delivered: list[int] = []
+    took_second = threading.Event()
+
+    def process(item: int) -> int:
+        if item == 2:
+            took_second.set()
+        return item
+
+    def deliver(item: int, result: int) -> None:
+        if item == 1:
+            raise RuntimeError("publisher gone")
+        delivered.append(result)
+
+    worker = LatestSetWorker(process, deliver, lambda item, exc: errors.append(str(exc)))
+    worker.submit(1)
+    assert worker.wait_idle(10)
+    worker.submit(2)
+    assert took_second.wait(10)
+    worker.stop(10)                   # set 2 was taken: stop delivers it before returning
+    assert errors == ["publisher gone"] and worker.stats.failed == 1
+    assert delivered == [2] and worker.stats.completed == 1
