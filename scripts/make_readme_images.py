@@ -35,7 +35,7 @@ VIEW_SIZE = (420, 640)                  # (height, width) of the rendered views,
 #: Virtual cameras (centre, target, focal length in pixels), rig frame (x towards the
 #: cameras, z up): behind the subject facing the cameras; above and beside the rig.
 LAYOUT_VIEWER = ((-1.0, 0.0, 0.15), (0.6, 0.0, 0.0), 700.0)
-RVIZ_VIEWER = ((1.3, -0.9, 0.55), (0.2, 0.0, -0.02), 560.0)
+RVIZ_VIEWER = ((1.95, -0.7, 0.85), (0.2, 0.0, -0.05), 700.0)
 AXIS_COLOURS = np.array([[230, 40, 40], [40, 200, 40], [60, 90, 255]], np.uint8)
 
 
@@ -119,7 +119,7 @@ def make_images(out: Path, width: int, work: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--width", type=int, default=192, help="camera image width, pixels")
+    parser.add_argument("--width", type=int, default=128, help="camera image width, pixels")
     parser.add_argument("--out", type=Path, default=IMAGES, help="folder of the PNGs")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
