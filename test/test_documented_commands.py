@@ -5,8 +5,9 @@ Checked, without running anything:
 
 * ``threer-ros ...`` (also ``.venv/bin/threer-ros``, ``python -m threer_ros.cli``) in fenced
   blocks: parsed by the real argparse parser, and every flag spelled exactly as declared
-  (argparse would accept an abbreviation of a renamed flag); in inline code spans of the
-  prose, the sub-command and the flags. ``--param NAME:=VALUE`` names a node parameter.
+  (argparse would accept an abbreviation of a renamed flag); in a synopsis (``[--opt X]``,
+  ``a|b``, ``FILE...``) and in inline code spans of the prose, the sub-command and the flags.
+  ``--param NAME:=VALUE`` names a node parameter.
 * ``capture_node`` and ``ros2 run threer_ros capture_node``: the ROS arguments, and every
   ``-p NAME:=VALUE`` a parameter of ``config/capture.yaml``.
 * ``ros2 launch threer_ros capture.launch.py NAME:=VALUE``: NAME declared in the launch file
@@ -41,12 +42,13 @@ ROS_ARGS_WITH_VALUE = {"-p", "--param", "--params-file", "-r", "--remap", "--log
 
 @dataclass(frozen=True)
 class Command:
-    """One command of a page: where it is shown, its words, and whether it stands in a fenced
-    block (complete) or in an inline code span of the prose (maybe abridged)."""
+    """One command of a page: where it is shown, its words, and whether it is a complete
+    command line (in a fenced block) or a synopsis or an inline mention in the prose (maybe
+    abridged, with placeholders)."""
 
     where: str
     words: tuple[str, ...]
-    fenced: bool
+    complete: bool
 
     def __str__(self) -> str:
         return f"{self.where}: {' '.join(self.words)}"
@@ -67,15 +69,24 @@ def _segments(words: list[str]) -> list[list[str]]:
     return out
 
 
+def _words(line: str) -> tuple[list[str], bool]:
+    """The shell words of ``line`` (comments dropped) and whether it is a complete command
+    rather than a synopsis; a synopsis loses its brackets. Not shell: no words."""
+    synopsis = bool(re.search(r"\[-|\.\.\.|\w\|\w", line))
+    if synopsis:
+        line = line.replace("[", " ").replace("]", " ")
+    try:
+        return shlex.split(line, comments=True), not synopsis
+    except ValueError:
+        return [], False          # not shell (e.g. a diagram line with an apostrophe)
+
+
 def _fenced_commands(block: Block) -> list[Command]:
     logical = block.text.replace("\\\n", " ").splitlines()
     commands = []
     for offset, line in enumerate(logical):
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError:
-            continue            # not shell (e.g. a diagram line with an apostrophe)
-        commands += [Command(f"{block.where}+{offset + 1}", tuple(seg), True)
+        words, complete = _words(line)
+        commands += [Command(f"{block.where}+{offset + 1}", tuple(seg), complete)
                      for seg in _segments(words)]
     return commands
 
@@ -90,10 +101,7 @@ def _inline_commands() -> list[Command]:
             if not re.match(r"([A-Z_]+=\S+ )*((\S*/)?(threer-ros|capture_node) |python[\d.]* -m "
                             r"threer_ros\.cli |ros2 (launch|run) threer_ros )", span):
                 continue
-            try:
-                words = shlex.split(span.replace("[", " ").replace("]", " "))
-            except ValueError:
-                continue
+            words, _ = _words(span)
             where = f"{page.relative_to(REPO)}:{text.count(chr(10), 0, match.start()) + 1}"
             commands += [Command(where, tuple(seg), False) for seg in _segments(words)]
     return commands
@@ -160,7 +168,7 @@ def check_threer_ros(command: Command) -> None:
                                       f"{', '.join(sorted(declared))})")
     unknown = set(_parameter_names(rest, ("--param",))) - _parameters()
     assert not unknown, f"--param names no node parameter: {sorted(unknown)}"
-    if command.fenced:
+    if command.complete:
         errors = io.StringIO()
         try:
             with contextlib.redirect_stderr(errors):
@@ -227,7 +235,7 @@ def test_every_page_shows_checked_commands():
     assert {("README.md", "threer-ros"), ("README.md", "capture_node"), ("README.md", "launch"),
             ("README.md", "make"), ("docs/bags.md", "threer-ros"),
             ("docs/backends.md", "capture_node")} <= programs
-    assert any(not c.fenced for c in CHECKED)
+    assert any(not c.complete for c in CHECKED)
     assert {"config", "rig_calibration", "rviz"} <= _launch_arguments()
 
 
@@ -256,3 +264,12 @@ def test_a_wrong_command_is_caught(broken):
     line, message = broken
     with pytest.raises(AssertionError, match=message):
         check(Command("example", tuple(shlex.split(line)), True))
+
+
+def test_a_synopsis_is_checked_for_its_sub_command_and_flags():
+    words, complete = _words("threer-ros replay BAG [--rate R] [--loopy] FILE...")
+    assert not complete and "--loopy" in words
+    with pytest.raises(AssertionError, match="has no option --loopy"):
+        check(Command("synopsis", tuple(words), complete))
+    words, complete = _words("threer-ros bag from-synthetic --out bags/x | tee log")
+    assert complete
