@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import io
 import re
 import shlex
@@ -134,14 +135,24 @@ def _parameters() -> set[str]:
 def _launch_arguments() -> set[str]:
     """Names of the ``DeclareLaunchArgument`` calls of launch/capture.launch.py."""
     tree = ast.parse((REPO / "launch" / "capture.launch.py").read_text())
-    return {node.args[0].value for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and getattr(node.func, "id", "") ==
-            "DeclareLaunchArgument" and node.args and isinstance(node.args[0], ast.Constant)}
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and getattr(node.func, "id", "") == "DeclareLaunchArgument"]
+    names = [c.args[0].value if c.args and isinstance(c.args[0], ast.Constant) else None
+             for c in calls]
+    assert calls and None not in names, ("launch/capture.launch.py: declare each launch "
+                                         "argument with a literal name (this test reads them)")
+    return set(names)
+
+
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """The real ``threer-ros`` parser (built once; it imports every command module)."""
+    return build_parser()
 
 
 def _sub_parser(args: tuple[str, ...]) -> tuple[argparse.ArgumentParser, list[str], list[str]]:
     """The (sub-)parser that ``args`` reach, the sub-command path and the remaining words."""
-    parser, path, rest = build_parser(), ["threer-ros"], list(args)
+    parser, path, rest = _parser(), ["threer-ros"], list(args)
     while True:
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if not subs or not rest:
@@ -172,7 +183,7 @@ def check_threer_ros(command: Command) -> None:
         errors = io.StringIO()
         try:
             with contextlib.redirect_stderr(errors):
-                build_parser().parse_args(list(path[1:]) + rest)
+                _parser().parse_args(list(path[1:]) + rest)
         except SystemExit:
             raise AssertionError(f"argparse refuses it: {errors.getvalue().strip()}") from None
 
@@ -195,7 +206,7 @@ def check_capture_node(args: tuple[str, ...]) -> None:
 
 def check_launch(args: tuple[str, ...]) -> None:
     declared = _launch_arguments()
-    for word in args:
+    for word in (a for a in args if not a.startswith("-")):     # ros2 launch's own options
         assert ":=" in word, f"launch arguments are NAME:=VALUE, got {word!r}"
         name = word.split(":=", 1)[0]
         assert name in declared, (f"capture.launch.py declares no argument {name!r} (it "
