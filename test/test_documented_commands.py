@@ -14,6 +14,8 @@ Checked, without running anything:
   (read from its ``DeclareLaunchArgument`` calls, not restated here).
 * YAML blocks with ``ros__parameters``: every key a parameter of ``config/capture.yaml``.
 * ``make TARGET``: a target of the Makefile.
+* The examples in each sub-command's ``--help`` (its module docstring), parsed the same way,
+  and laid out as written (a swallowed ``\\`` continuation runs two lines into one).
 """
 
 from __future__ import annotations
@@ -284,3 +286,31 @@ def test_a_synopsis_is_checked_for_its_sub_command_and_flags():
         check(Command("synopsis", tuple(words), complete))
     words, complete = _words("threer-ros bag from-synthetic --out bags/x | tee log")
     assert complete
+
+
+def _help_examples() -> list[tuple[str, str]]:
+    """(sub-command path, example line as ``--help`` prints it) of every ``threer-ros ...``
+    line in a sub-command's description, a continued line with its continuation."""
+    examples, todo = [], [("threer-ros", _parser())]
+    while todo:
+        path, parser = todo.pop()
+        lines = (parser.description or "").splitlines()
+        for index, line in enumerate(lines):
+            if line.strip().startswith("threer-ros "):
+                while line.endswith("\\") and index + 1 < len(lines):
+                    index += 1
+                    line = f"{line[:-1].rstrip()} {lines[index].strip()}"
+                examples.append((path, line.strip()))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{path} {name}", sub) for name, sub in action.choices.items()]
+    return examples
+
+
+def test_help_examples_are_accepted_and_laid_out():
+    examples = _help_examples()
+    assert any(path == "threer-ros reconstruct" for path, _ in examples)
+    for path, line in examples:
+        assert not re.search(r"\S {4,}-", line), f"{path} --help: mangled example {line!r}"
+        words, complete = _words(line)
+        check(Command(f"{path} --help", tuple(words), complete))
