@@ -12,7 +12,8 @@ Checked, without running anything:
   ``-p NAME:=VALUE`` a parameter of ``config/capture.yaml``.
 * ``ros2 launch threer_ros capture.launch.py NAME:=VALUE``: NAME declared in the launch file
   (read from its ``DeclareLaunchArgument`` calls, not restated here).
-* YAML blocks with ``ros__parameters``: every key a parameter of ``config/capture.yaml``.
+* YAML blocks with ``ros__parameters``: every key a parameter of ``config/capture.yaml``; an
+  inline ``NAME:=VALUE`` of the prose: a launch argument or a parameter.
 * ``make TARGET``: a target of the Makefile.
 * The examples in each sub-command's ``--help`` (its module docstring), parsed the same way,
   and laid out as written (a swallowed ``\\`` continuation runs two lines into one).
@@ -41,6 +42,8 @@ SEPARATORS = {"&&", "||", ";", "|"}
 #: ROS command-line arguments after ``--ros-args`` that take one value.
 ROS_ARGS_WITH_VALUE = {"-p", "--param", "--params-file", "-r", "--remap", "--log-level",
                        "-e", "--enclave"}
+#: Parameters every ROS 2 node has, besides those of config/capture.yaml.
+ROS_NODE_PARAMETERS = {"use_sim_time"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,8 @@ CHECKED = [c for c in ALL_COMMANDS if _program(c.words)[0]]
 
 
 def _parameters() -> set[str]:
-    return set(read_parameters(REPO / "config" / "capture.yaml"))
+    """The capture node's parameters: config/capture.yaml's, and those of every ROS node."""
+    return set(read_parameters(REPO / "config" / "capture.yaml")) | ROS_NODE_PARAMETERS
 
 
 def _launch_arguments() -> set[str]:
@@ -260,6 +264,24 @@ def test_documented_parameters_exist(block):
              for name in section.get("ros__parameters", {})}
     unknown = shown - _parameters()
     assert not unknown, f"{block.where}: no such parameters in config/capture.yaml: {unknown}"
+
+
+def _inline_overrides() -> list[tuple[str, str]]:
+    """(page:line, NAME) of every inline code span ``NAME:=VALUE`` of the prose."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        found += [(f"{page.relative_to(REPO)}:{text.count(chr(10), 0, m.start()) + 1}", m[1])
+                  for m in re.finditer(r"`([a-z_]+):=[^`]*`", text)]
+    return found
+
+
+def test_inline_overrides_name_a_launch_argument_or_parameter():
+    known = _launch_arguments() | _parameters()
+    overrides = _inline_overrides()
+    assert overrides
+    unknown = [f"{where}: {name}" for where, name in overrides if name not in known]
+    assert not unknown, f"neither a launch argument nor a node parameter: {unknown}"
 
 
 @pytest.mark.parametrize("broken", [
