@@ -69,3 +69,10 @@ def test_bench_models_compares_attention_kernels_and_skips_one_that_cannot_run(
     assert [r["sdpa"] for r in rows] == ["default", "math"]
     assert all(r["median_ms"] > 0 for r in rows)
     assert "sdpa cudnn: skipped" in capsys.readouterr().err
+
+
+def test_bench_parity_names_a_missing_fixtures_folder(tmp_path, capsys):
+    assert main(["bench", "parity", "--fixtures", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"--fixtures {tmp_path}: no parity fixtures there" in err
+    assert "relative to the current directory" in err

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from threer_ros.models.preprocess import prepare_images, prepare_images_torch, stack_views
+from threer_ros.models.preprocess import (network_intrinsics, prepare_images, prepare_images_torch,
+                                         stack_views)
 
 PREPROCESS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity" / "preprocess"
 CASES = json.loads((PREPROCESS / "fixture.json").read_text())["cases"]
@@ -56,3 +57,26 @@ def test_views_of_one_size_stack_into_a_batch_and_bad_input_is_named():
     assert batch["img"].shape == (2, 3, 384, 512) and batch["instance"] == ["0", "1"]
     with pytest.raises(ValueError, match="image 0: expected H x W x 3 uint8"):
         prepare_images([np.zeros((10, 10), np.uint8)], 512)
+
+
+@pytest.mark.parametrize("width, height", [(480, 700), (854, 480), (300, 200)])
+def test_network_intrinsics_follow_the_resize_and_crop(width, height):
+    """A bright spot projected with the camera's K lands, in the network image, where the
+    network intrinsics project the same ray (resize, pixel centres and crop together)."""
+    K = np.array([[0.9 * width, 0, 0.47 * width], [0, 0.9 * width, 0.55 * height], [0, 0, 1]])
+    ray = np.array([0.08, -0.05, 1.0])
+    u, v = (K @ ray)[:2]
+    ys, xs = np.mgrid[0:height, 0:width]
+    spot = np.exp(-((xs - u) ** 2 + (ys - v) ** 2) / (2 * (0.012 * width) ** 2))
+    image = np.repeat((255 * spot).round().astype(np.uint8)[..., None], 3, axis=2)
+    img = prepare_images([image], size=512)[0]["img"][0, 0].numpy() * 0.5 + 0.5
+    weights = np.where(img > 0.2, img, 0.0)
+    ys, xs = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+    found = np.array([(xs * weights).sum(), (ys * weights).sum()]) / weights.sum()
+    K_net = network_intrinsics(K, width, height, size=512)
+    expected = (K_net @ ray)[:2]
+    assert np.abs(found - expected).max() < 0.1
+    assert np.allclose(network_intrinsics(K[None].repeat(2, 0), width, height, 512),
+                       K_net[None].repeat(2, 0))
+    with pytest.raises(ValueError, match="K must be"):
+        network_intrinsics(np.eye(4), width, height, 512)

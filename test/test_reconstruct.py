@@ -75,6 +75,23 @@ def test_missing_weights_say_how_to_get_them(capture, tmp_path, capsys, monkeypa
     assert "threer-ros weights download mast3r" in capsys.readouterr().err
 
 
+def test_the_config_checkpoint_is_used(capture, tmp_path, capsys, monkeypatch):
+    """``checkpoint:`` in ``--config`` counts like ``--weights`` (settings come from the file)."""
+    images, calibration, config = capture
+    monkeypatch.setenv("THREER_ROS_WEIGHTS", str(tmp_path / "empty"))
+    doc = yaml.safe_load(config.read_text())
+    doc["/**"]["ros__parameters"]["checkpoint"] = str(PARITY / "fast3r" / "checkpoint")
+    config.write_text(yaml.safe_dump(doc))
+    status = main(["reconstruct", str(images), "--calibration", str(calibration),
+                   "--backend", "fast3r", "--config", str(config), "--device", "cpu",
+                   "--out", str(tmp_path / "out")])
+    assert status == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "fast3r.ply").is_file()
+    status = main(["reconstruct", str(images), "--backend", "fast3r", "--backend", "pow3r",
+                   "--config", str(config), "--out", str(tmp_path / "out")])
+    assert status == 2 and "the config's checkpoint" in capsys.readouterr().err
+
+
 def test_bad_inputs_are_named(capture, tmp_path, capsys):
     images, _, config = capture
     (images / "broken.png").write_bytes(b"not a png")

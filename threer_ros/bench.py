@@ -420,6 +420,12 @@ def _run(args: argparse.Namespace) -> int:
                                             indent=2))
         return 0
     if args.what == "parity":
+        if not (args.fixtures / "index.json").is_file():
+            print(f"--fixtures {args.fixtures}: no parity fixtures there (index.json missing); "
+                  "give the folder fixtures/parity of the project's shared/ checkout (the "
+                  "default, ../shared/fixtures/parity, is relative to the current directory)",
+                  file=sys.stderr)
+            return 2
         rows = parity_errors(args.fixtures, device)
         for r in rows:
             errors = "  ".join(f"{k} {v:.1e}" for k, v in r["max_error_relative_to_range"].items())
@@ -478,7 +484,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--graphs", nargs="+", default=["knn"], choices=["complete", "knn", "reference"],
                    help="pair graphs of mast3r/pow3r for 'backends'")
     p.add_argument("--fixtures", type=Path, default=Path("../shared/fixtures/parity"),
-                   help="parity fixtures folder (for 'parity')")
+                   help="parity fixtures folder (for 'parity'; default: "
+                        "../shared/fixtures/parity, relative to the current directory, i.e. "
+                        "shared/ beside the checkout when run from the repository root)")
     p.add_argument("--models", nargs="+", default=["fast3r", "mast3r", "pow3r"],
                    choices=sorted(RELEASED))
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(PRECISIONS))

@@ -1,4 +1,4 @@
-"""``threer-ros reconstruct``: images in, one reconstruction per backend out (no ROS needed).
+r"""``threer-ros reconstruct``: images in, one reconstruction per backend out (no ROS needed).
 
     threer-ros reconstruct views/ --backend fast3r --backend mast3r --backend pow3r --out out/
     threer-ros reconstruct a.png b.png c.png --backend mast3r --weights mast3r.pth --out out/
@@ -135,13 +135,14 @@ def write_outputs(out: Path, backend: str, recon: Reconstruction, frames: FrameS
 def run(args: argparse.Namespace) -> int:
     params = read_parameters(args.config)
     backends = args.backend or [params["backend"]]
-    options = replace(options_from_parameters(params),
-                      device=resolve_device(args.device or params["device"]),
-                      checkpoint=args.weights or "",
+    configured = options_from_parameters(params)
+    options = replace(configured, device=resolve_device(args.device or params["device"]),
+                      checkpoint=args.weights or configured.checkpoint,
                       **({"alignment": args.alignment} if args.alignment else {}))
-    if args.weights and len(backends) > 1:
-        raise ValueError("--weights names one checkpoint: give one --backend, or put the "
-                         "weights where `threer-ros weights download` does")
+    if options.checkpoint and len(backends) > 1:
+        source = "--weights" if args.weights else f"the config's checkpoint ({options.checkpoint})"
+        raise ValueError(f"{source} names one network's checkpoint: give one --backend, or "
+                         "put the weights where `threer-ros weights download` does")
     if args.nersemble is not None:
         if args.images or args.calibration:
             raise ValueError("--nersemble brings its own images and calibration: give no image "
@@ -198,7 +199,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", action="append", choices=sorted(BACKENDS),
                    help="backend to run; repeat to compare several (default: the config's)")
     p.add_argument("--weights", default="", help="checkpoint of the (single) network backend "
-                   "(default: the weights cache)")
+                   "(default: the config's `checkpoint`, else the weights cache)")
     p.add_argument("--calibration", type=Path, default=None,
                    help="rig calibration YAML with intrinsics (metric cloud in the rig frame)")
     p.add_argument("--alignment", choices=("auto", "fast", "full"), default=None,

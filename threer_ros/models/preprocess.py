@@ -58,6 +58,33 @@ def crop_geometry(width: int, height: int, size: int, patch: int = 16,
     return CropGeometry(new_w, new_h, tuple(float(v) for v in box))
 
 
+def network_intrinsics(K: np.ndarray, width: int, height: int, size: int,
+                       square_ok: bool = False, patch: int = 16) -> np.ndarray:
+    """Intrinsics of the network image that :func:`prepare_images` makes from a camera image.
+
+    Args:
+        K: (3, 3) or (N, 3, 3) pinhole intrinsics in pixels of the ``width x height`` camera
+            image (integer pixel coordinates at pixel centres).
+        width, height: Size of that camera image, pixels.
+        size, square_ok, patch: As given to :func:`prepare_images`.
+
+    Returns:
+        float64 intrinsics of the same shape, in pixels of the resized and cropped network
+        image (``true_shape``): what Pow3R's ``encode_priors`` takes as ``K1``/``K2``.
+    """
+    geo = crop_geometry(width, height, size, patch, square_ok)
+    sx, sy = geo.width / width, geo.height / height
+    out = np.array(K, dtype=np.float64)
+    if out.shape[-2:] != (3, 3):
+        raise ValueError(f"K must be (3, 3) or (N, 3, 3) intrinsics, got shape {out.shape}")
+    out[..., 0, :] *= sx
+    out[..., 1, :] *= sy
+    # pixel centres: x' + 0.5 = s (x + 0.5); then the crop moves the origin to the box corner
+    out[..., 0, 2] += 0.5 * (sx - 1.0) - round(geo.box[0])
+    out[..., 1, 2] += 0.5 * (sy - 1.0) - round(geo.box[1])
+    return out
+
+
 def _normalise(chw_uint8: torch.Tensor) -> torch.Tensor:
     return (chw_uint8.float() / 255.0 - 0.5) / 0.5
 

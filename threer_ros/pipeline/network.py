@@ -18,7 +18,7 @@ from torch import nn
 
 from threer_ros.geometry.fusion import FusionSettings, fuse_points
 from threer_ros.geometry.registration import align_to_reference
-from threer_ros.models.preprocess import crop_geometry, prepare_images_torch
+from threer_ros.models.preprocess import network_intrinsics, prepare_images_torch
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
 #: Backend name -> (weights entry of ``threer-ros weights``, accepted network class names).
@@ -110,14 +110,10 @@ def prepare_network_images(frames: FrameSet, size: int, device: str) -> NetworkI
     images = torch.from_numpy(np.stack([f.image for f in frames.frames])).to(device)
     img, true_shape = prepare_images_torch(images, size)
     colors = ((img.permute(0, 2, 3, 1) * 0.5 + 0.5) * 255).round().byte().cpu().numpy()
-    geo = crop_geometry(width, height, size)
-    left, top = round(geo.box[0]), round(geo.box[1])
     intrinsics = None
     if all(f.calibration is not None for f in frames.frames):
-        intrinsics = np.stack([f.calibration.scaled_to(geo.width, geo.height).K
-                               for f in frames.frames])
-        intrinsics[:, 0, 2] -= left
-        intrinsics[:, 1, 2] -= top
+        intrinsics = network_intrinsics(np.stack([f.calibration.K for f in frames.frames]),
+                                        width, height, size)
     cam_to_rig = np.stack([f.calibration.cam_to_rig for f in frames.frames]) \
         if frames.is_calibrated else None
     return NetworkImages(frames.cameras, img, true_shape, colors, intrinsics, cam_to_rig)
