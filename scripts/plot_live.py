@@ -36,7 +36,7 @@ def main() -> None:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title("capture node on one H200, 16 cameras at 1100 x 1604 (threer-ros latency)",
+    ax.set_title("capture node on one H200, 16 cameras, 1100 x 1604 unless named (threer-ros latency)",
                  fontsize=9)
     fig.tight_layout()
     out = DOCS / "images" / "live_latency.png"
