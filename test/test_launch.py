@@ -29,6 +29,8 @@ import yaml
 rclpy = pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make test installs it)")
 
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
 
 from conftest import stop_process  # noqa: E402
 from threer_ros.config import read_parameters  # noqa: E402
@@ -184,6 +186,19 @@ class _Graph:
         self.executor.add_node(probe)
         return probe
 
+    def listen(self, msg_type: type, topic: str) -> tuple[list, threading.Event]:
+        """The messages that arrive on ``topic`` from now on, and an event set by the first."""
+        received, arrived = [], threading.Event()
+
+        def on_message(msg) -> None:
+            received.append(msg)
+            arrived.set()
+
+        node = Node(f"test_listener_{len(self.executor.get_nodes())}", context=self.context)
+        node.create_subscription(msg_type, topic, on_message, 10)
+        self.executor.add_node(node)
+        return received, arrived
+
     def wait_for_cloud(self, probe: OutputProbe) -> object:
         """The first cloud, or a failure that shows the processes' output."""
         if not probe.wait_for(lambda r: r.clouds, WAIT):
@@ -213,6 +228,10 @@ def graph(colcon_install, install_env, ros_domain_id, tmp_path):
     graph.stop()
 
 
+def _ns(stamp) -> int:
+    return stamp.sec * 10**9 + stamp.nanosec
+
+
 def _check_cloud(cloud, frame: str) -> None:
     points, _, _ = cloud_from_msg(cloud)
     assert cloud.header.frame_id == frame
@@ -234,12 +253,14 @@ def test_a_bag_with_use_sim_time_is_replayed_with_its_stamps_and_clock(
     with CaptureBagWriter(bag, CAMERAS, output_frame="rig_small") as writer:
         for k in range(3):
             writer.write_set(rig.frame_set(), T0_NS + k * PERIOD_NS)
-    probe = graph.probe()
+    probe, (clock, clock_arrived) = graph.probe(), graph.listen(Clock, "/clock")
     graph.launch(f"bag:={bag}", f"config:={small_config}", "use_sim_time:=true", "loop:=true")
     cloud = graph.wait_for_cloud(probe)
     _check_cloud(cloud, "rig_small")
-    stamp = cloud.header.stamp.sec * 10**9 + cloud.header.stamp.nanosec
-    assert stamp in {T0_NS + k * PERIOD_NS for k in range(3)}, "the bag's stamps were changed"
+    stamps = {T0_NS + k * PERIOD_NS for k in range(3)}
+    assert _ns(cloud.header.stamp) in stamps, "the bag's stamps were changed"
+    assert clock_arrived.wait(WAIT), "nothing on /clock"
+    assert {_ns(c.clock) for c in list(clock)} <= stamps, "/clock is not the bag's time"
 
 
 def test_a_live_launch_in_a_namespace_takes_cameras_published_from_outside(
