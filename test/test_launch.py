@@ -94,20 +94,24 @@ def colcon_install(tmp_path_factory) -> Path:
     if colcon is None:
         _unavailable("colcon is not installed (pip install -r requirements/test.txt)")
     work = tmp_path_factory.mktemp("colcon")
-    subprocess.run([colcon, "--log-base", str(work / "log"), "build", "--base-paths", str(REPO),
-                    "--build-base", str(work / "build"), "--install-base", str(work / "install")],
-                   check=True, cwd=work, capture_output=True, timeout=300)
+    build = subprocess.run([colcon, "--log-base", str(work / "log"), "build", "--base-paths",
+                            str(REPO), "--build-base", str(work / "build"), "--install-base",
+                            str(work / "install")],
+                           cwd=work, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, f"colcon build failed:\n{build.stdout[-3000:]}{build.stderr}"
     return work / "install"
 
 
 @pytest.fixture(scope="module")
 def install_env(colcon_install) -> dict[str, str]:
     """The environment of a process started through the install's ``setup.sh``: ``PATH``
-    without any folder holding this package's executables (this venv's ``bin``)."""
+    without any folder holding this package's executables (this venv's ``bin``), ``launch``
+    importable."""
     path = [p for p in os.environ.get("PATH", "").split(os.pathsep)
             if p and not any((Path(p) / exe).exists() for exe in ("threer-ros", "capture_node"))]
+    python_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, PATH=os.pathsep.join(path),
-               PYTHONPATH=os.pathsep.join(_launch_pythonpath()),
+               PYTHONPATH=os.pathsep.join(python_path + _launch_pythonpath()),
                ROS_AUTOMATIC_DISCOVERY_RANGE=os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE",
                                                             "LOCALHOST"))
     env.pop("VIRTUAL_ENV", None)
