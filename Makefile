@@ -2,6 +2,9 @@
 VENV := .venv
 SETUP := bash scripts/setup_env.sh
 PYTEST_FLAGS ?= -q -p no:cacheprovider --timeout=900
+# Interface packages built by the set-up live in .venv/lib (the ROS wheels' start-up hook adds
+# it; over a system ROS this does).
+export LD_LIBRARY_PATH := $(CURDIR)/$(VENV)/lib$(if $(LD_LIBRARY_PATH),:$(LD_LIBRARY_PATH))
 
 .PHONY: venv test demo clean
 

@@ -67,8 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def without_ros_arguments(argv: list[str]) -> list[str]:
+    """``argv`` without its ROS argument blocks (``--ros-args ... [--]``).
+
+    ``ros2 launch`` and ``ros2 run`` append such a block (remappings, namespace, parameters) to
+    every executable they start; rclpy reads it from ``sys.argv`` itself.
+    """
+    kept, in_block = [], False
+    for token in argv:
+        if in_block:
+            in_block = token != "--"
+        elif token == "--ros-args":
+            in_block = True
+        else:
+            kept.append(token)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(without_ros_arguments(sys.argv[1:] if argv is None else argv))
     return int(args.func(args) or 0)
 
 

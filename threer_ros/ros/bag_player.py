@@ -7,7 +7,9 @@ seconds (monotonic clock) after the start of a pass, t being the bag's log time.
 each header stamp s to ``now_0 + (s - t_first) / rate``, ``now_0`` being the ROS time at the
 start of the pass: the stamps then say when a live rig would have sent the messages, and the
 cameras of one set keep one stamp. (This assumes that header stamps and log times share one
-clock, as in bags made by ``threer-ros bag`` or recorded from live topics.)
+clock, as in bags made by ``threer-ros bag`` or recorded from live topics.) With ``clock``, the
+bag's time (log time, restamped like the headers) goes out on ``/clock`` before each message,
+for nodes that run with ``use_sim_time``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
+from rosgraph_msgs.msg import Clock
 
 from threer_ros.data.rosbag import (TF_STATIC, BagError, BagInfo, BagMessage, BagReader,
                                    TopicInfo)
@@ -103,6 +107,7 @@ class BagPlayer:
             (``end_s=None``: to the end).
         restamp: Map header stamps to the node clock's "now" (module docstring).
         loop: Start the window again when it ends, until stopped.
+        clock: Publish the bag's time on ``/clock`` (module docstring).
         on_publish: Called with (topic, message) right after each publish.
 
     Raises:
@@ -111,7 +116,7 @@ class BagPlayer:
 
     def __init__(self, node: Node, info: BagInfo, *, rate: float = 1.0, start_s: float = 0.0,
                  end_s: float | None = None, restamp: bool = False, loop: bool = False,
-                 on_publish: Callable[[str, Any], None] | None = None) -> None:
+                 clock: bool = False, on_publish: Callable[[str, Any], None] | None = None) -> None:
         if rate <= 0:
             raise BagError(f"{info.path}: the playback rate must be > 0, got {rate}")
         self.info = info
@@ -134,6 +139,7 @@ class BagPlayer:
                                                                        topic_qos(topic)))
         if not self._publishers:
             raise BagError(f"{info.path}: none of its message types is installed")
+        self._clock = node.create_publisher(Clock, "/clock", 1) if clock else None
 
     def wait_for_subscribers(self, stop: threading.Event) -> bool:
         """Wait until every camera topic (Image, CompressedImage, CameraInfo) has a subscriber,
@@ -214,6 +220,10 @@ class BagPlayer:
                            f"is damaged ({exc})") from None
         if restamp is not None:
             map_stamps(msg, restamp)
+        if self._clock is not None:
+            ns = item.stamp_ns if restamp is None else restamp(item.stamp_ns)
+            self._clock.publish(Clock(clock=Time(sec=ns // 1_000_000_000,
+                                                 nanosec=ns % 1_000_000_000)))
         publisher.publish(msg)
         if self._on_publish is not None:
             self._on_publish(item.topic, msg)

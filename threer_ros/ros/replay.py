@@ -9,7 +9,8 @@ reliable, keep last 1 (:data:`~threer_ros.ros.bag_player.CAMERA_QOS`), which ser
 best-effort and reliable subscribers alike; everything else reliable. Header stamps
 are kept, or with ``--restamp`` shifted so that each pass starts at the current ROS time (the
 cameras of one set keep one stamp). ``--start``/``--end`` select a window (seconds from the
-bag's first message), ``--loop`` repeats it.
+bag's first message), ``--loop`` repeats it; ``--clock`` publishes the bag's time on ``/clock``
+(for nodes run with ``use_sim_time``).
 
 **Synthetic** (``--synthetic``): the publisher behaves like a hardware-triggered rig: every
 period all cameras capture; each image's header stamp is the trigger time plus a small random
@@ -129,11 +130,13 @@ def _run_synthetic(args: argparse.Namespace) -> int:
     from threer_ros.data.synthetic import SyntheticRig  # torch: only for the synthetic rig
 
     params = read_parameters(args.config)
-    rig = SyntheticRig.render(seed=args.seed, width=args.width, names=params["cameras"])
+    rig = SyntheticRig.render(seed=args.seed, width=args.width or params["working_width"],
+                              names=params["cameras"])
     if args.write_calibration:
         save_rig_calibration(args.write_calibration, params["output_frame"],
                              {v.name: v.calibration for v in rig.views})
-        print(f"wrote the synthetic rig's calibration to {args.write_calibration}")
+        # flushed: the launch file starts the capture node when it reads the path here
+        print(f"wrote the synthetic rig's calibration to {args.write_calibration}", flush=True)
     with _running(lambda: SyntheticRigPublisher(
             rig, params["image_topic"], params["camera_info_topic"], rate_hz=args.rate or 2.0,
             jitter_s=args.jitter, count=args.count, compressed=args.compressed,
@@ -154,7 +157,8 @@ def _run_bag(args: argparse.Namespace) -> int:
     with _running(lambda: Node("threer_bag_replay")) as (node, _):
         try:
             player = BagPlayer(node, info, rate=args.rate or 1.0, start_s=args.start,
-                               end_s=args.end, restamp=args.restamp, loop=args.loop)
+                               end_s=args.end, restamp=args.restamp, loop=args.loop,
+                               clock=args.clock)
             if args.wait_for_subscribers:
                 node.get_logger().info("waiting for subscribers on every camera topic")
                 player.wait_for_subscribers(stop)
@@ -195,6 +199,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bag.add_argument("--wait-for-subscribers", action="store_true",
                      help="start once every camera topic (images, CameraInfo) has a "
                           "subscriber")
+    bag.add_argument("--clock", action="store_true",
+                     help="publish the bag's time on /clock (for nodes with use_sim_time)")
     synthetic = p.add_argument_group("synthetic rig")
     synthetic.add_argument("--config", type=Path, default=None,
                            help="parameter file whose camera names and topics to use "
@@ -204,8 +210,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "(default 0.001)")
     synthetic.add_argument("--count", type=int, default=0,
                            help="sets to publish (0 = until Ctrl-C)")
-    synthetic.add_argument("--width", type=int, default=320,
-                           help="rendered image width in pixels")
+    synthetic.add_argument("--width", type=int, default=None,
+                           help="rendered image width in pixels (default: the parameter "
+                                "file's working_width)")
     synthetic.add_argument("--seed", type=int, default=0, help="scene and jitter seed")
     synthetic.add_argument("--compressed", action="store_true",
                            help="publish JPEG CompressedImage")
