@@ -9,13 +9,15 @@
 #   wheels lack; threer_ros_interfaces) is built with CMake into the venv.
 # * PyTorch: kept if importable; otherwise torch==2.13.0, the CPU build without an NVIDIA GPU,
 #   PyPI's default (CUDA) build of that version with one.
+# THREER_VENV names another venv folder (e.g. a Python 3.12 one for the GPU machine's pack,
+# scripts/gpu_pack.sh); PYTHON picks the interpreter.
 # Everything is written inside the repository (.venv, its build folder) and pip's cache: no
 # root, nothing under /opt or /usr. A stamp file records a hash of everything that shapes the
 # venv; when it matches, the script exits at once.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+VENV="${THREER_VENV:-$ROOT/.venv}"      # another folder inside the repository, e.g. .venv312
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.threer_ros_setup"
 TORCH="torch==2.13.0"
