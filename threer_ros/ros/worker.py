@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,13 +36,14 @@ class LatestSetWorker(Generic[T, R]):
 
     Args:
         process: The work (e.g. a backend's ``reconstruct``); runs on the worker thread.
-        on_result: Called on the worker thread with ``(item, result)``.
+        on_result: Called on the worker thread with ``(item, result)``; what it returns
+            completes the future of a requested item.
         on_error: Called on the worker thread with ``(item, exception)``; the worker continues.
         max_rate: Start at most this many jobs per second (0 = unlimited); items arriving
             sooner are dropped and counted as ``rate_limited``.
     """
 
-    def __init__(self, process: Callable[[T], R], on_result: Callable[[T, R], None],
+    def __init__(self, process: Callable[[T], R], on_result: Callable[[T, R], Any],
                  on_error: Callable[[T, BaseException], None], max_rate: float = 0.0,
                  name: str = "reconstruction") -> None:
         self._process = process
@@ -49,6 +52,7 @@ class LatestSetWorker(Generic[T, R]):
         self._min_period = 1.0 / max_rate if max_rate > 0 else 0.0
         self._cond = threading.Condition()
         self._pending: T | None = None
+        self._requests: deque[tuple[T, Future]] = deque()
         self._busy = False
         self._stopping = False
         self._last_start = -float("inf")
@@ -68,36 +72,71 @@ class LatestSetWorker(Generic[T, R]):
             self._pending = item
             self._cond.notify()
 
+    def request(self, item: T) -> Future:
+        """Process ``item`` next (before the pending set, without rate limit); the future
+        gives ``on_result``'s return value, or the exception of the failed job."""
+        future: Future = Future()
+        with self._cond:
+            if self._stopping:
+                future.set_exception(RuntimeError("the reconstruction worker has stopped"))
+                return future
+            self._requests.append((item, future))
+            self._cond.notify()
+        return future
+
+    def set_max_rate(self, max_rate: float) -> None:
+        """Change the rate limit (jobs per second, 0 = unlimited) from now on."""
+        with self._cond:
+            self._min_period = 1.0 / max_rate if max_rate > 0 else 0.0
+
+    def discard_pending(self) -> None:
+        """Forget the pending set (requested items still run)."""
+        with self._cond:
+            self._pending = None
+            self._cond.notify_all()
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is pending or running; True unless ``timeout`` expired."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._pending is None and not self._busy,
-                                       timeout=timeout)
+            return self._cond.wait_for(lambda: self._pending is None and not self._busy
+                                       and not self._requests, timeout=timeout)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish the running job (pending items are discarded) and end the thread; by default
-        waits for the job (a reconstruction cannot be interrupted half-way)."""
+        """Finish the running job (pending items are discarded, requested ones fail) and end
+        the thread; by default waits for the job (a reconstruction cannot be interrupted
+        half-way)."""
         with self._cond:
             self._stopping = True
             self._pending = None
+            while self._requests:
+                self._requests.popleft()[1].set_exception(
+                    RuntimeError("the reconstruction worker has stopped"))
             self._cond.notify_all()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending is not None or self._stopping)
+                self._cond.wait_for(lambda: self._pending is not None or self._requests
+                                    or self._stopping)
                 if self._stopping:
                     return
-                item, self._pending = self._pending, None
+                if self._requests:
+                    item, future = self._requests.popleft()
+                else:
+                    item, future, self._pending = self._pending, None, None
                 self._busy = True
                 self._last_start = time.monotonic()
             try:
-                self._on_result(item, self._process(item))
+                outcome = self._on_result(item, self._process(item))
                 self.stats.completed += 1
+                if future is not None:
+                    future.set_result(outcome)
             except Exception as exc:  # noqa: BLE001 - reported; the worker must survive
                 self.stats.failed += 1
                 self._on_error(item, exc)
+                if future is not None:
+                    future.set_exception(exc)
             finally:
                 with self._cond:
                     self._busy = False
