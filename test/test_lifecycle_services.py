@@ -64,7 +64,7 @@ class Session:
         done = threading.Event()
         future = client.call_async(request if request is not None else srv_type.Request())
         future.add_done_callback(lambda _: done.set())
-        assert done.wait(WAIT), f"{key} did not answer"
+        assert done.wait(2 * WAIT), f"{key} did not answer"  # the node waits at most WAIT
         return future.result()
 
     def transition(self, transition_id: int) -> bool:
@@ -113,8 +113,9 @@ def calibration_file(rig, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def session(rig, calibration_file, ros_domain_id):
+    params = {"set_buffer": "3", "working_width": "48", "service_timeout": str(WAIT)}
     node, driver, probe, stop = _start_graph(rig, str(calibration_file), ros_domain_id + 180,
-                                             params={"set_buffer": "3"})
+                                             params)
     yield Session(driver, probe)
     assert node.poll() is None, "the node died"
     stop()
@@ -123,7 +124,6 @@ def session(rig, calibration_file, ros_domain_id):
 def test_lifecycle_transitions_pause_and_resume_the_node(session):
     s = session
     assert s.state() == State.PRIMARY_STATE_ACTIVE          # autostart: true
-    s.reconstructed_set(10_000_000_000)
     assert s.transition(Transition.TRANSITION_DEACTIVATE)
     assert s.state() == State.PRIMARY_STATE_INACTIVE
     assert _subscribed(s.driver, False)
@@ -144,23 +144,21 @@ def test_lifecycle_transitions_pause_and_resume_the_node(session):
 
 
 def test_reconstruct_services_use_the_buffered_sets(session):
-    s = session
-    s.reconstructed_set(40_000_000_000)
+    s = session                                  # the set at 30 s is buffered
     now = s.call(Trigger, "reconstruct_now")
-    assert now.success and "40000" in now.message, now.message
+    assert now.success and "30000" in now.message, now.message
     at = s.call(ReconstructAt, "reconstruct_at",
-                ReconstructAt.Request(stamp=Time(sec=40, nanosec=0)))
+                ReconstructAt.Request(stamp=Time(sec=30, nanosec=0)))
     assert at.success and at.points > 100, at.message
     assert s.probe.wait_for(lambda r: s.cloud_sizes[-1] == at.points, WAIT)
     unknown = s.call(ReconstructAt, "reconstruct_at",
                      ReconstructAt.Request(stamp=Time(sec=999, nanosec=0)))
     assert not unknown.success and unknown.points == 0
-    assert "no buffered set" in unknown.message and "40000" in unknown.message
+    assert "no buffered set" in unknown.message and "30000" in unknown.message
 
 
 def test_save_cloud_writes_a_readable_ply(session, tmp_path):
-    s = session
-    s.reconstructed_set(50_000_000_000)
+    s = session                                  # a cloud was published
     path = tmp_path / "cloud.ply"
     answer = s.call(SaveCloud, "save_cloud", SaveCloud.Request(path=str(path)))
     assert answer.success, answer.message

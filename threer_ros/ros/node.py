@@ -53,7 +53,13 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
-from threer_ros_interfaces.srv import ReconstructAt, SaveCloud, StartSession
+
+try:
+    from threer_ros_interfaces.srv import ReconstructAt, SaveCloud, StartSession
+except ImportError as exc:   # the one interface package of our own: built, not from a registry
+    raise ImportError("threer_ros_interfaces (the capture node's services) is not installed: "
+                      "run scripts/setup_env.sh, or build interfaces/threer_ros_interfaces "
+                      "with colcon and source its install/setup.sh") from exc
 
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
 from threer_ros.data.ply import write_ply
@@ -152,7 +158,7 @@ class CaptureNode(LifecycleNode):
         self._sync = FrameSynchronizer(s.cameras, tolerance_ns=int(s.sync_tolerance * 1e9),
                                        min_cameras=s.min_cameras,
                                        max_delay_ns=int(s.sync_max_delay * 1e9))
-        self._sets: deque[FrameSet] = deque(maxlen=s.set_buffer)   # newest complete sets
+        self._sets: deque[FrameSet] = deque(maxlen=s.set_buffer)   # newest usable sets
         self._camera_subscriptions: list = []
         self._last_recon: Reconstruction | None = None
         self._last_cloud: PointCloud2 | None = None
@@ -675,6 +681,7 @@ class CaptureNode(LifecycleNode):
         with self._lock:
             recon, latency = self._last_recon, self._last_latency_s
             overhead, buffered = self._last_overhead_s, len(self._sets)
+            recording = self._recording
         values = {
             "state": self._state, "backend": self.settings.backend,
             "sets_completed": sync.completed, "sets_partial": sync.partial,
@@ -688,7 +695,7 @@ class CaptureNode(LifecycleNode):
             "points_published": self._published_points,
             "end_to_end_latency_s": f"{latency:.4f}",
             "node_overhead_s": f"{overhead:.4f}",
-            "recording": self._recording.directory if self._recording else "",
+            "recording": recording.directory if recording is not None else "",
         }
         if recon is not None:
             values.update({f"stage_{k}_s": f"{v:.4f}" for k, v in recon.timings_s.items()})
