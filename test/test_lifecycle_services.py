@@ -24,13 +24,13 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from threer_ros_interfaces.srv import ReconstructAt, SaveCloud, StartSession  # noqa: E402
 
-from test_node import (CAMERAS, NODE, WAIT, _publish_until, _reconstructions,  # noqa: E402
-                       _start_graph, _values)
+from test_node import (CAMERAS, NODE, WAIT, _camera_status, _publish_until,  # noqa: E402
+                       _reconstructions, _start_graph)
 from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
 from threer_ros.data.ply import read_ply  # noqa: E402
 from threer_ros.data.rosbag import BagReader  # noqa: E402
 from threer_ros.data.synthetic import SyntheticRig  # noqa: E402
-from threer_ros.ros.node import camera_status_name, pipeline_status_name  # noqa: E402
+from threer_ros.ros.node import pipeline_status_name  # noqa: E402
 
 WIDTH = 96
 
@@ -245,7 +245,8 @@ def test_camera_frames_from_image_headers_through_a_urdf_chain(rig, ros_domain_i
     from threer_ros.ros.convert import transform_msgs
 
     link_to_optical = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)
-    node, driver, probe, stop = _start_graph(rig, "tf", ros_domain_id + 200)
+    node, driver, probe, stop = _start_graph(rig, "tf", ros_domain_id + 200,
+                                             params={"working_width": "48"})
     try:
         driver.frame_format = "{camera}_cam"
         poses = np.stack([v.calibration.cam_to_rig for v in rig.views])
@@ -255,18 +256,19 @@ def test_camera_frames_from_image_headers_through_a_urdf_chain(rig, ros_domain_i
                                                        link_to_optical[None], Time())]
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         tf_pub = driver.create_publisher(TFMessage, "/tf_static", latched)
-        tf_pub.publish(TFMessage(transforms=chain))
-        status = pipeline_status_name(NODE)
+
+        def calibrate() -> None:     # the rig's URDF and camera drivers publish these
+            tf_pub.publish(TFMessage(transforms=chain))
+            driver.publish_camera_infos()
+
+        assert _publish_until(calibrate, probe, lambda r: all(
+            _camera_status(probe, c)["has_extrinsics"] == "True"
+            and _camera_status(probe, c)["frame_id"] == f"{c}_cam" for c in CAMERAS))
         assert _publish_until(lambda: driver.publish_set(80_000_000_000), probe,
-                              lambda r: any(len(p.poses) == len(CAMERAS) for p in r.poses)
-                              and _reconstructions(probe) > 0 and probe.latest_status(status))
+                              lambda r: any(len(p.poses) == len(CAMERAS) for p in r.poses))
         full = next(p for p in probe.recorded.poses if len(p.poses) == len(CAMERAS))
         got = np.array([[p.position.x, p.position.y, p.position.z] for p in full.poses])
         np.testing.assert_allclose(got, poses[:, :3, 3], atol=1e-6)
-        name = camera_status_name(NODE, CAMERAS[0])
-        assert probe.wait_for(lambda r: probe.latest_status(name) is not None and _values(
-            probe.latest_status(name))["frame_id"] == f"{CAMERAS[0]}_cam", WAIT)
-        assert _values(probe.latest_status(name))["has_extrinsics"] == "True"
         assert all(probe.recorded.tf_static[f"{c}_cam"].header.frame_id == f"{c}_link"
                    for c in CAMERAS)        # never re-parented by the node
         assert node.poll() is None

@@ -52,3 +52,29 @@ def test_settings_update_checks_cross_parameter_limits():
     assert settings.updated({"max_points": 7}).max_points == 7
     with pytest.raises(ValueError, match="min_cameras"):
         settings.updated({"min_cameras": len(settings.cameras) + 1})
+
+
+def test_declared_parameters_take_whole_numbers_and_carry_descriptors():
+    """A YAML ``voxel_size: 0`` is an INTEGER override: declared without a traceback."""
+    import rclpy
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from threer_ros.ros.parameters import declare
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = Node("parameter_test", context=context,
+                parameter_overrides=[Parameter("voxel_size", value=0),
+                                     Parameter("max_rate", value=3)])
+    try:
+        settings = declare(node)
+        assert settings.options.voxel_size == 0.0 and settings.max_rate == 3.0
+        backend = node.describe_parameter("backend")
+        assert backend.read_only and "mvs" in backend.description
+        refused = node.set_parameters([Parameter("backend", value="fast3r")])[0]
+        assert not refused.successful and "read-only" in refused.reason
+        assert not node.describe_parameter("max_points").read_only
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -335,6 +335,8 @@ class CaptureNode(LifecycleNode):
                                       throttle_duration_sec=10.0)
 
     def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        if msg.header.frame_id:         # the camera's frame, like its images' (REP: same frame)
+            self._frame_ids[camera] = msg.header.frame_id
         try:
             calib = camera_info_to_calibration(msg)
         except ValueError as exc:
@@ -344,8 +346,8 @@ class CaptureNode(LifecycleNode):
             self._camera_info[camera] = calib
 
     def _frame_id(self, camera: str) -> str:
-        """The camera's frame: its images' ``frame_id``, ``<camera>_optical_frame`` before the
-        first image or when the header leaves it empty."""
+        """The camera's frame: the ``frame_id`` of its images (or CameraInfo), else
+        ``<camera>_optical_frame``."""
         return self._frame_ids.get(camera) or f"{camera}_optical_frame"
 
     def _extrinsics(self, camera: str) -> np.ndarray | None:
