@@ -15,6 +15,7 @@ import yaml
 rclpy = pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make test installs it)")
 
 from builtin_interfaces.msg import Time  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
@@ -272,5 +273,27 @@ def test_camera_frames_from_image_headers_through_a_urdf_chain(rig, ros_domain_i
         assert all(probe.recorded.tf_static[f"{c}_cam"].header.frame_id == f"{c}_link"
                    for c in CAMERAS)        # never re-parented by the node
         assert node.poll() is None
+    finally:
+        stop()
+
+
+def test_without_autostart_the_node_waits_for_configure_and_activate(rig, ros_domain_id):
+    node, driver, probe, stop = _start_graph(rig, "", ros_domain_id + 220,
+                                             params={"autostart": "false"})
+    try:
+        s = Session(driver, probe)
+        assert s.state() == State.PRIMARY_STATE_UNCONFIGURED
+        status = probe.latest_status(pipeline_status_name(NODE))
+        assert status.level != DiagnosticStatus.OK and "unconfigured" in status.message
+        assert s.transition(Transition.TRANSITION_CONFIGURE)
+        assert s.state() == State.PRIMARY_STATE_INACTIVE
+        assert s.transition(Transition.TRANSITION_ACTIVATE)
+        assert _subscribed(driver, True)
+        assert s.transition(Transition.TRANSITION_DEACTIVATE)
+        assert s.transition(Transition.TRANSITION_CLEANUP)
+        assert s.call(ChangeState, "change_state", ChangeState.Request(
+            transition=Transition(label="shutdown"))).success
+        assert s.state() == State.PRIMARY_STATE_FINALIZED
+        assert node.poll() is None            # finalized, still answering until stopped
     finally:
         stop()

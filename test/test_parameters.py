@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import pytest
 
 pytest.importorskip("rclpy", reason="the parameter table builds rclpy descriptors")
 
+import rclpy  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
 from threer_ros.config import parameter_descriptions, read_parameters  # noqa: E402
-from threer_ros.ros.parameters import LIVE, RANGES, NodeSettings, check_value  # noqa: E402
+from threer_ros.ros.parameters import LIVE, RANGES, NodeSettings, check_value, declare  # noqa: E402
 
 
 def test_every_parameter_of_the_config_file_has_a_description():
@@ -54,20 +61,23 @@ def test_settings_update_checks_cross_parameter_limits():
         settings.updated({"min_cameras": len(settings.cameras) + 1})
 
 
-def test_declared_parameters_take_whole_numbers_and_carry_descriptors():
-    """A YAML ``voxel_size: 0`` is an INTEGER override: declared without a traceback."""
-    import rclpy
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-
-    from threer_ros.ros.parameters import declare
-
+@contextmanager
+def _node(**overrides) -> Iterator[Node]:
+    """A node of its own context with parameter overrides, as ``--ros-args -p`` gives them."""
     context = rclpy.Context()
     rclpy.init(context=context)
-    node = Node("parameter_test", context=context,
-                parameter_overrides=[Parameter("voxel_size", value=0),
-                                     Parameter("max_rate", value=3)])
+    node = Node("parameter_test", context=context, parameter_overrides=[
+        Parameter(name, value=value) for name, value in overrides.items()])
     try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_declared_parameters_take_whole_numbers_and_carry_descriptors():
+    """A YAML ``voxel_size: 0`` is an INTEGER override: declared without a traceback."""
+    with _node(voxel_size=0, max_rate=3) as node:
         settings = declare(node)
         assert settings.options.voxel_size == 0.0 and settings.max_rate == 3.0
         backend = node.describe_parameter("backend")
@@ -75,6 +85,10 @@ def test_declared_parameters_take_whole_numbers_and_carry_descriptors():
         refused = node.set_parameters([Parameter("backend", value="fast3r")])[0]
         assert not refused.successful and "read-only" in refused.reason
         assert not node.describe_parameter("max_points").read_only
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+
+
+@pytest.mark.parametrize("override", [0.0, "x"])
+def test_an_unusable_value_at_start_up_is_a_clear_error(override):
+    with _node(sync_tolerance=override) as node, pytest.raises(ValueError,
+                                                                match="sync_tolerance"):
+        declare(node)

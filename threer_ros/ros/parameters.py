@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -164,9 +165,12 @@ def declare(node: Node) -> NodeSettings:
     names = [f.name for f in fields(NodeSettings) if f.name != "options"] + \
         [f.name for f in fields(BackendOptions)]
     for name in names:
-        declared = node.declare_parameter(name, defaults[name],
-                                          _descriptor(name, defaults[name],
-                                                      descriptions.get(name, ""))).value
+        try:
+            declared = node.declare_parameter(name, defaults[name],
+                                              _descriptor(name, defaults[name],
+                                                          descriptions.get(name, ""))).value
+        except ParameterException as exc:       # a value of the wrong type or out of range
+            raise ValueError(f"parameter '{name}': {exc}") from None
         values[name], reason = check_value(name, declared)
         if reason:
             raise ValueError(reason)
