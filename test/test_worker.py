@@ -60,31 +60,3 @@ def test_max_rate_limits_how_often_jobs_start():
     assert worker.wait_idle(10)
     worker.stop()
     assert results == [1] and worker.stats.rate_limited == 1
-
-
-def test_a_requested_item_runs_before_the_pending_one_and_completes_its_future():
-    started, gate = threading.Event(), threading.Event()
-    order: list[str] = []
-
-    def process(item: str) -> str:
-        if item == "first":
-            started.set()
-            gate.wait(10)
-        return item
-
-    worker = LatestSetWorker(process, lambda item, result: order.append(result) or len(order),
-                             lambda item, exc: None)
-    try:
-        worker.submit("first")                 # running, blocked on the gate
-        assert started.wait(10)
-        worker.submit("pending")
-        future = worker.request("requested")
-        gate.set()
-        assert future.result(timeout=10) == 2  # on_result's value: second to finish
-        assert worker.wait_idle(10)
-        assert order == ["first", "requested", "pending"]
-    finally:
-        worker.stop()
-    failed = worker.request("late")
-    assert isinstance(failed.exception(timeout=1), RuntimeError)
-

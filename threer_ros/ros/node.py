@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,10 @@ def camera_status_name(node: str, camera: str) -> str:
 
 #: The pipeline status of a node started with the default name in the root namespace.
 PIPELINE_STATUS = pipeline_status_name("/" + NODE_NAME)
+
+#: A job of the worker: the set, its arrival (monotonic s), and the future of a service that
+#: asked for it (completed with the number of points published) or None.
+Job = tuple[FrameSet, float, "Future[int] | None"]
 
 
 @dataclass
@@ -393,7 +397,7 @@ class CaptureNode(LifecycleNode):
             self._sets.append(frame_set)
             configured = self._reconstructor is not None
         if configured:
-            self._worker.submit((frame_set, arrival))
+            self._worker.submit((frame_set, arrival, None))
 
     def _consistent_resolution(self, frames: tuple[Frame, ...]) -> tuple[Frame, ...]:
         """Keep the frames with the rig's majority resolution; name and count the others."""
@@ -417,7 +421,8 @@ class CaptureNode(LifecycleNode):
             return False, f"the node is {self._state}: configure it first", 0
         if frame_set is None:
             return False, what, 0
-        future = self._worker.request((frame_set, time.monotonic()))
+        future: Future[int] = Future()
+        self._worker.submit((frame_set, time.monotonic(), future), requested=True)
         timeout = self.settings.service_timeout
         try:
             points = future.result(timeout=timeout)
@@ -532,8 +537,7 @@ class CaptureNode(LifecycleNode):
         return response
 
     # --- worker thread --------------------------------------------------------------------
-    def _reconstruct(self, item: tuple[FrameSet, float]
-                     ) -> tuple[Reconstruction, Comparison | None, float]:
+    def _reconstruct(self, item: Job) -> tuple[Reconstruction, Comparison | None, float]:
         """The set's reconstruction (and comparison), and the seconds the backend(s) took."""
         with self._lock:
             reconstructor = self._reconstructor
@@ -547,7 +551,9 @@ class CaptureNode(LifecycleNode):
             recon, comparison = reconstructor.reconstruct(item[0]), None
         return recon, comparison, time.monotonic() - started
 
-    def _report_failure(self, item: tuple[FrameSet, float], exc: BaseException) -> None:
+    def _report_failure(self, item: Job, exc: BaseException) -> None:
+        if item[2] is not None and not item[2].done():
+            item[2].set_exception(exc)
         if not self.context.ok():  # shutting down: nothing to report to
             return
         self.get_logger().error(f"reconstruction of the set at {item[0].stamp_ns} ns failed: "
@@ -566,11 +572,12 @@ class CaptureNode(LifecycleNode):
             points, colors, conf = points[idx], colors[idx], conf[idx]
         return cloud_to_msg(header, points, colors, conf), len(points)
 
-    def _publish(self, item: tuple[FrameSet, float],
-                 result: tuple[Reconstruction, Comparison | None, float]) -> int | None:
-        """Publish the cloud, poses and camera frames; the number of points published."""
+    def _publish(self, item: Job, result: tuple[Reconstruction, Comparison | None, float]
+                 ) -> None:
+        """Publish the cloud, poses and camera frames; a requesting service learns the number
+        of points published."""
         if not self.context.ok():  # the job finished after Ctrl-C: nobody to publish to
-            return None
+            return
         s = self.settings
         recon, comparison, backend_s = result
         started = time.perf_counter()
@@ -597,7 +604,8 @@ class CaptureNode(LifecycleNode):
         self.get_logger().info(
             f"published {published} points from {len(recon.cameras)} cameras; "
             + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in recon.timings_s.items()))
-        return published
+        if item[2] is not None:
+            item[2].set_result(published)
 
     def _publish_frames(self, recon: Reconstruction, header: Header) -> TFMessage:
         """Camera frames ``output_frame -> frame`` at the set's stamp: latched on

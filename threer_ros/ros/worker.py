@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,14 +34,13 @@ class LatestSetWorker(Generic[T, R]):
 
     Args:
         process: The work (e.g. a backend's ``reconstruct``); runs on the worker thread.
-        on_result: Called on the worker thread with ``(item, result)``; what it returns
-            completes the future of a requested item.
+        on_result: Called on the worker thread with ``(item, result)``.
         on_error: Called on the worker thread with ``(item, exception)``; the worker continues.
         max_rate: Start at most this many jobs per second (0 = unlimited); items arriving
             sooner are dropped and counted as ``rate_limited``.
     """
 
-    def __init__(self, process: Callable[[T], R], on_result: Callable[[T, R], Any],
+    def __init__(self, process: Callable[[T], R], on_result: Callable[[T, R], None],
                  on_error: Callable[[T, BaseException], None], max_rate: float = 0.0,
                  name: str = "reconstruction") -> None:
         self._process = process
@@ -52,7 +49,7 @@ class LatestSetWorker(Generic[T, R]):
         self._min_period = 1.0 / max_rate if max_rate > 0 else 0.0
         self._cond = threading.Condition()
         self._pending: T | None = None
-        self._requests: deque[tuple[T, Future]] = deque()
+        self._pending_requested = False   # the pending item was asked for: never replaced
         self._busy = False
         self._stopping = False
         self._last_start = -float("inf")
@@ -60,29 +57,27 @@ class LatestSetWorker(Generic[T, R]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, item: T) -> None:
-        """Offer ``item``; it replaces a pending item that the worker has not started."""
+    def submit(self, item: T, requested: bool = False) -> None:
+        """Offer ``item``; it replaces a pending item that the worker has not started.
+
+        A ``requested`` item (a service asked for it) ignores the rate limit and is never
+        replaced by a later unrequested one (which is dropped instead) nor discarded by
+        :meth:`discard_pending`; the caller learns its outcome through ``on_result`` /
+        ``on_error``.
+        """
         with self._cond:
             self.stats.submitted += 1
+            if self._pending is not None and self._pending_requested and not requested:
+                self.stats.dropped += 1
+                return
             if self._pending is not None:
                 self.stats.dropped += 1
-            elif not self._busy and time.monotonic() - self._last_start < self._min_period:
+            elif not requested and not self._busy and \
+                    time.monotonic() - self._last_start < self._min_period:
                 self.stats.rate_limited += 1
                 return
-            self._pending = item
+            self._pending, self._pending_requested = item, requested
             self._cond.notify()
-
-    def request(self, item: T) -> Future:
-        """Process ``item`` next (before the pending set, without rate limit); the future
-        gives ``on_result``'s return value, or the exception of the failed job."""
-        future: Future = Future()
-        with self._cond:
-            if self._stopping:
-                future.set_exception(RuntimeError("the reconstruction worker has stopped"))
-                return future
-            self._requests.append((item, future))
-            self._cond.notify()
-        return future
 
     def set_max_rate(self, max_rate: float) -> None:
         """Change the rate limit (jobs per second, 0 = unlimited) from now on."""
@@ -90,53 +85,42 @@ class LatestSetWorker(Generic[T, R]):
             self._min_period = 1.0 / max_rate if max_rate > 0 else 0.0
 
     def discard_pending(self) -> None:
-        """Forget the pending set (requested items still run)."""
+        """Forget the pending item unless it was requested (a paused node)."""
         with self._cond:
-            self._pending = None
+            if not self._pending_requested:
+                self._pending = None
             self._cond.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is pending or running; True unless ``timeout`` expired."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._pending is None and not self._busy
-                                       and not self._requests, timeout=timeout)
+            return self._cond.wait_for(lambda: self._pending is None and not self._busy,
+                                       timeout=timeout)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish the running job (pending items are discarded, requested ones fail) and end
-        the thread; by default waits for the job (a reconstruction cannot be interrupted
-        half-way)."""
+        """Finish the running job (pending items are discarded) and end the thread; by default
+        waits for the job (a reconstruction cannot be interrupted half-way)."""
         with self._cond:
             self._stopping = True
             self._pending = None
-            while self._requests:
-                self._requests.popleft()[1].set_exception(
-                    RuntimeError("the reconstruction worker has stopped"))
             self._cond.notify_all()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._pending is not None or self._requests
-                                    or self._stopping)
+                self._cond.wait_for(lambda: self._pending is not None or self._stopping)
                 if self._stopping:
                     return
-                if self._requests:
-                    item, future = self._requests.popleft()
-                else:
-                    item, future, self._pending = self._pending, None, None
+                item, self._pending = self._pending, None
                 self._busy = True
                 self._last_start = time.monotonic()
             try:
-                outcome = self._on_result(item, self._process(item))
+                self._on_result(item, self._process(item))
                 self.stats.completed += 1
-                if future is not None:
-                    future.set_result(outcome)
             except Exception as exc:  # noqa: BLE001 - reported; the worker must survive
                 self.stats.failed += 1
                 self._on_error(item, exc)
-                if future is not None:
-                    future.set_exception(exc)
             finally:
                 with self._cond:
                     self._busy = False
