@@ -131,5 +131,5 @@ def release_device_memory() -> None:
     node); nothing to do without CUDA."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():     # never starts CUDA
         torch.cuda.empty_cache()
