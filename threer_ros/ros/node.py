@@ -411,16 +411,17 @@ class CaptureNode(LifecycleNode):
         return tuple(f for f, size in zip(frames, sizes) if size == majority)
 
     # --- services (own callback group: they wait for the worker, never for the executor) --
-    def _reconstruct_on_request(self, frame_set: FrameSet | None, what: str
+    def _reconstruct_on_request(self, frame_set: FrameSet | None, not_found: str
                                 ) -> tuple[bool, str, int]:
         """Have the worker reconstruct and publish ``frame_set`` next; (success, message,
-        points published), waiting at most ``service_timeout``."""
+        points published), waiting at most ``service_timeout``; ``not_found`` is the answer
+        when there is no set."""
         with self._lock:
             configured = self._reconstructor is not None
         if not configured:
             return False, f"the node is {self._state}: configure it first", 0
         if frame_set is None:
-            return False, what, 0
+            return False, not_found, 0
         future: Future[int] = Future()
         self._worker.submit((frame_set, time.monotonic(), future), requested=True)
         timeout = self.settings.service_timeout
@@ -433,7 +434,7 @@ class CaptureNode(LifecycleNode):
             return False, f"reconstruction of the set at {frame_set.stamp_ns} ns failed: " \
                           f"{type(exc).__name__}: {exc}", 0
         return True, (f"published {points} points from {len(frame_set.frames)} cameras, set "
-                      f"at {frame_set.stamp_ns} ns"), int(points or 0)
+                      f"at {frame_set.stamp_ns} ns"), points
 
     def _srv_reconstruct_now(self, request: Trigger.Request, response: Trigger.Response
                              ) -> Trigger.Response:
