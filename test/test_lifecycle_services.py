@@ -278,7 +278,7 @@ def test_camera_frames_from_image_headers_through_a_urdf_chain(rig, ros_domain_i
 
 
 def test_without_autostart_the_node_waits_for_configure_and_activate(rig, ros_domain_id):
-    node, driver, probe, stop = _start_graph(rig, "", ros_domain_id + 220,
+    node, driver, probe, stop = _start_graph(rig, "''", ros_domain_id + 220,   # YAML ''
                                              params={"autostart": "false"})
     try:
         s = Session(driver, probe)
