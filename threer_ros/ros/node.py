@@ -612,9 +612,16 @@ class CaptureNode(LifecycleNode):
         """Camera frames ``output_frame -> frame`` at the set's stamp: latched on
         ``/tf_static`` when they are the calibration, else on ``/tf``; frames that another
         publisher already gives a parent are left alone. Returns what was sent."""
-        chosen = [(frame, pose) for frame, pose in
-                  zip((self._frame_id(c) for c in recon.cameras), recon.cam_to_rig)
-                  if self._may_publish(frame)]
+        frames = [self._frame_id(c) for c in recon.cameras]
+        parents = {frame: self._foreign_parent(frame) for frame in frames}
+        chosen = [(frame, pose) for frame, pose in zip(frames, recon.cam_to_rig)
+                  if parents[frame] is None]
+        skipped = [f"{frame} (parent {parent})" for frame, parent in parents.items()
+                   if parent is not None and ("tf", frame) not in self._warned]
+        if skipped:
+            self._warned.update(("tf", frame) for frame, p in parents.items() if p is not None)
+            self.get_logger().info("not publishing camera frames that another publisher "
+                                   f"already places: {', '.join(skipped)}")
         transforms = transform_msgs(header.frame_id, [f for f, _ in chosen],
                                     np.array([p for _, p in chosen]).reshape(-1, 4, 4),
                                     header.stamp)
@@ -624,19 +631,15 @@ class CaptureNode(LifecycleNode):
             self._tf_pub.publish(TFMessage(transforms=transforms))
         return TFMessage(transforms=transforms)
 
-    def _may_publish(self, frame: str) -> bool:
-        """True for a frame without a parent or whose parent this node published."""
+    def _foreign_parent(self, frame: str) -> str | None:
+        """The parent another publisher gives ``frame``, or None when it has none (then this
+        node owns the frame from now on) or this node published it."""
         if frame in self._own_frames:
-            return True
+            return None
         parent = self._tf.parent(frame)
         if parent is None:
             self._own_frames.add(frame)
-            return True
-        if ("tf", frame) not in self._warned:
-            self._warned.add(("tf", frame))
-            self.get_logger().info(f"frame {frame!r} already has the parent {parent!r} from "
-                                   "another publisher; not publishing it")
-        return False
+        return parent
 
     def _publish_comparison(self, header: Header, comparison: Comparison) -> None:
         """Each compared backend's cloud on ``<cloud_topic>/<backend>`` and the summary (JSON)
