@@ -78,7 +78,8 @@ def test_rclpy_and_rosbags_style_buffers_decode_the_same():
 
 
 @pytest.mark.parametrize("encoding,height,width,step,size,match", [
-    ("yuv422", 5, 7, 21, 105, "unsupported encoding 'yuv422'"),
+    ("32FC1", 5, 7, 21, 105, "unsupported encoding '32FC1'"),
+    ("yuv422", 5, 7, 14, 70, "even width"),
     ("rgb8", 5, 7, 21, 60, "needs 105 bytes but the message has 60"),
     ("rgb8", 5, 7, 10, 105, "step 10 is smaller than one row"),
     ("rgb8", 0, 7, 21, 0, "0 pixels|7x0"),

@@ -32,13 +32,15 @@ from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
 from threer_ros.data.synthetic import SyntheticRig  # noqa: E402
 from threer_ros.ros.convert import (calibration_to_camera_info_fields, cloud_from_msg,  # noqa: E402
                                     image_to_msg_fields)
-from threer_ros.ros.node import CameraStats  # noqa: E402
+from threer_ros.ros.node import (PIPELINE_STATUS, CameraStats,  # noqa: E402
+                                 camera_status_name)
 from threer_ros.ros.probe import OutputProbe  # noqa: E402
 
 WIDTH = 96
 CAMERAS = tuple(read_parameters()["cameras"])
 SILENT = CAMERAS[-1]          # never publishes in the partial-set test
-PIPELINE = "threer_ros: pipeline"
+PIPELINE = PIPELINE_STATUS
+NODE = "/threer_capture"
 WAIT = 120.0                  # generous: the node reconstructs on 2 shared CPU cores
 
 
@@ -52,6 +54,7 @@ class RigDriver(Node):
     def __init__(self, rig: SyntheticRig, context) -> None:
         super().__init__("test_rig_driver", context=context)
         self.rig = rig
+        self.frame_format = "{camera}_optical_frame"    # the frame_id of each camera's images
         self.image_pubs = {c: self.create_publisher(Image, f"{c}/image_raw",
                                                     qos_profile_sensor_data) for c in CAMERAS}
         self.info_pubs = {c: self.create_publisher(CameraInfo, f"{c}/camera_info",
@@ -69,7 +72,7 @@ class RigDriver(Node):
     def publish_image(self, camera: str, stamp_ns: int, fields: dict | None = None) -> None:
         view = next(v for v in self.rig.views if v.name == camera)
         msg = Image(**(fields or image_to_msg_fields(view.image, "rgb8")))
-        msg.header.frame_id = f"{camera}_optical_frame"
+        msg.header.frame_id = self.frame_format.format(camera=camera)
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
         info = CameraInfo(**calibration_to_camera_info_fields(view.calibration))
         info.header = msg.header
@@ -79,7 +82,7 @@ class RigDriver(Node):
     def publish_camera_infos(self) -> None:
         for view in self.rig.views:
             info = CameraInfo(**calibration_to_camera_info_fields(view.calibration))
-            info.header.frame_id = f"{view.name}_optical_frame"
+            info.header.frame_id = self.frame_format.format(camera=view.name)
             self.info_pubs[view.name].publish(info)
 
     def publish_set(self, stamp_ns: int, cameras=CAMERAS) -> None:
@@ -112,7 +115,8 @@ def _start_graph(rig: SyntheticRig, rig_calibration: str, domain_id: int,
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     assert probe.wait_for(lambda r: r.diagnostics, WAIT), "the node published no diagnostics"
-    assert driver.wait_for_subscribers(WAIT), "the node did not subscribe to every camera"
+    if settings.get("autostart", "true") == "true":     # else it waits for configure/activate
+        assert driver.wait_for_subscribers(WAIT), "the node did not subscribe to every camera"
 
     def stop() -> None:
         executor.shutdown()
@@ -154,7 +158,7 @@ def _reconstructions(probe: OutputProbe) -> int:
 
 
 def _camera_status(probe: OutputProbe, camera: str) -> dict[str, str]:
-    return _values(probe.latest_status(f"threer_ros: camera {camera}"))
+    return _values(probe.latest_status(camera_status_name(NODE, camera)))
 
 
 def test_sixteen_cameras_in_one_cloud_and_sixteen_frames_out(graph, rig):
@@ -178,7 +182,7 @@ def test_sixteen_cameras_in_one_cloud_and_sixteen_frames_out(graph, rig):
         np.testing.assert_allclose(centre, view.calibration.cam_to_rig[:3, 3], atol=1e-6)
     assert probe.recorded.poses and len(probe.recorded.poses[-1].poses) == len(CAMERAS)
     statuses = {s.name for s in probe.recorded.diagnostics[-1].status}
-    assert {f"threer_ros: camera {c}" for c in CAMERAS} <= statuses
+    assert {camera_status_name(NODE, c) for c in CAMERAS} <= statuses
     assert node.poll() is None
 
 
@@ -219,7 +223,7 @@ def test_bad_images_are_rejected_counted_and_the_node_keeps_working(graph, rig, 
         fields = image_to_msg_fields(small, "rgb8")
     assert _publish_until(lambda: driver.publish_image(camera, 30_000_000_000, fields), probe,
                           lambda r: int(_camera_status(probe, camera)["rejected"]) > rejected)
-    status = probe.latest_status(f"threer_ros: camera {camera}")
+    status = probe.latest_status(camera_status_name(NODE, camera))
     assert camera in status.name and status.message  # the reason is shown to the operator
     done = _reconstructions(probe)
     stamp = 40_000_000_000 + 1_000_000_000 * len(problem)

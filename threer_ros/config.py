@@ -6,6 +6,7 @@ The node declares its parameters with the defaults read from this file; the laun
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,3 +45,47 @@ def read_parameters(path: str | Path | None = None, node_name: str = "threer_cap
     if not params:
         raise ValueError(f"{path}: no 'ros__parameters' for '/**' or '{node_name}'")
     return params
+
+
+_KEY = re.compile(r"^(?P<indent> +)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
+
+
+def parameter_descriptions(path: str | Path | None = None) -> dict[str, str]:
+    """Each parameter's documentation in a parameter file: its comment lines right above the
+    key (after the last blank line or ``# ---`` heading) and the comment after its value with
+    the comment lines indented below it, joined into one line. Values must not contain ``#``.
+    """
+    path = Path(path) if path else default_config_path()
+    found: dict[str, str] = {}
+    above: list[str] = []
+    current: str | None = None            # the key whose trailing comment may continue
+    key_indent: int | None = None         # indentation of the keys under ros__parameters
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if stripped.startswith("#"):
+            text = stripped.lstrip("#").strip()
+            if current is not None and key_indent is not None and indent > key_indent:
+                found[current] = f"{found[current]} {text}".strip()
+            elif text.startswith("---"):
+                above, current = [], None
+            else:
+                above, current = above + [text], None
+            continue
+        if not stripped:
+            above, current = [], None
+            continue
+        match = _KEY.match(line)
+        if match is None or match["key"] == "ros__parameters":
+            if match is not None:
+                above = []
+            continue                       # a value's continuation line (e.g. a long list)
+        if key_indent is None:
+            key_indent = len(match["indent"])
+        if len(match["indent"]) != key_indent:
+            continue
+        trailing = match["rest"].split("#", 1)[1].strip() if "#" in match["rest"] else ""
+        current = match["key"]
+        found[current] = " ".join(above + ([trailing] if trailing else []))
+        above = []
+    return found

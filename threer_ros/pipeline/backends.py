@@ -136,3 +136,12 @@ def make_reconstructor(name: str, options: BackendOptions) -> Reconstructor:
                          + "; ".join(f"{k} ({v})" for k, v in BACKENDS.items()))
     module, cls = _IMPLEMENTATIONS[name].split(":")
     return getattr(importlib.import_module(module), cls).from_options(options)
+
+
+def release_device_memory() -> None:
+    """Hand the GPU memory PyTorch caches but no tensor uses back to the driver (a paused
+    node); nothing to do without CUDA."""
+    import torch
+
+    if torch.cuda.is_initialized():     # never starts CUDA
+        torch.cuda.empty_cache()

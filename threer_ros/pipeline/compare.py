@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from threer_ros.geometry.fusion import FusionSettings
 from threer_ros.geometry.registration import pose_disagreement
 from threer_ros.pipeline.types import FrameSet, Reconstruction, Reconstructor
 
@@ -95,6 +96,11 @@ class CompareReconstructor:
             if done is not None:
                 done(name)
         return Comparison(results, compare(self.primary, results, durations), errors)
+
+    def update_fusion(self, fusion: FusionSettings) -> None:
+        """Hand ``fusion`` to every backend."""
+        for backend in self.backends.values():
+            backend.update_fusion(fusion)
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
         """The primary backend's reconstruction (after running all of them)."""

@@ -27,7 +27,8 @@ from torch import nn
 from threer_ros.geometry.registration import (estimate_focal, fit_similarity_batched,
                                               pixel_grid, ray_consistent_scale, solve_pnp)
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
-                                         load_network, prepare_network_images)
+                                         load_network, prepare_network_images,
+                                         update_network_fusion)
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
 #: Most pixels per view used for PnP (the most confident ones on a regular sub-grid).
@@ -83,6 +84,8 @@ class Fast3RReconstructor:
     def __init__(self, network: nn.Module, settings: NetworkSettings) -> None:
         self.network = network
         self.settings = settings
+
+    update_fusion = update_network_fusion
 
     @classmethod
     def from_options(cls, options) -> "Fast3RReconstructor":

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from threer_ros.geometry.cameras import backproject, pixel_rays, pixel_to_grid_matrix, project
-from threer_ros.geometry.fusion import voxel_downsample
+from threer_ros.geometry.fusion import FusionSettings, voxel_downsample
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
 
@@ -106,6 +106,11 @@ class PlaneSweepReconstructor:
         """Build from the node's :class:`~threer_ros.pipeline.backends.BackendOptions`."""
         return cls(replace(PlaneSweepSettings(), device=options.device,
                            voxel_size=options.voxel_size))
+
+    def update_fusion(self, fusion: FusionSettings) -> None:
+        """Down-sample with ``fusion.voxel_size`` from the next set on (the plane sweep keeps
+        its own confidence and consistency filters)."""
+        self.settings = replace(self.settings, voxel_size=fusion.voxel_size)
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
         s = self.settings

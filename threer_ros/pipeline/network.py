@@ -10,7 +10,7 @@ intrinsics here are the calibrated ones mapped to it (pixels of the network imag
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -160,6 +160,12 @@ class NetworkSettings:
             raise ValueError("alignment 'fast' needs intrinsics and extrinsics for every camera "
                              "(CameraInfo and rig_calibration) and use_calibration true")
         return calibrated and self.alignment in ("auto", "fast")
+
+
+def update_network_fusion(self, fusion: FusionSettings) -> None:
+    """``update_fusion`` of the network reconstructors (a method of theirs): filter the fused
+    cloud with ``fusion`` from the next set on."""
+    self.settings = replace(self.settings, fusion=fusion)
 
 
 def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tensor,

@@ -30,7 +30,8 @@ from threer_ros.geometry.global_alignment import (AlignmentSettings, PairPredict
                                                   spanning_tree_init)
 from threer_ros.geometry.sparse_alignment import Correspondences, refine_sparse
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
-                                         load_network, prepare_network_images)
+                                         load_network, prepare_network_images,
+                                         update_network_fusion)
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
 GRAPHS = ("complete", "knn", "reference")
@@ -135,6 +136,8 @@ class PairwiseReconstructor:
         self.network = network
         self.settings = settings
         self.pairs = pairs
+
+    update_fusion = update_network_fusion
 
     @classmethod
     def from_options(cls, options) -> "PairwiseReconstructor":

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from threer_ros.geometry.fusion import FusionSettings
+
 
 @dataclass(frozen=True)
 class CameraCalibration:
@@ -141,4 +143,9 @@ class Reconstructor(Protocol):
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
         """Reconstruct ``frames``; raises ``ValueError`` for unusable input."""
+        ...
+
+    def update_fusion(self, fusion: FusionSettings) -> None:
+        """Filter the fused cloud with ``fusion`` from the next set on (a live parameter
+        change; called from another thread than ``reconstruct``)."""
         ...

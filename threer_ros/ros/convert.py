@@ -29,6 +29,8 @@ _COLOR = {
     "rgb16": (3, 2, None), "bgr16": (3, 2, cv2.COLOR_BGR2RGB),
     "rgba16": (4, 2, cv2.COLOR_RGBA2RGB), "bgra16": (4, 2, cv2.COLOR_BGRA2RGB),
     "mono16": (1, 2, cv2.COLOR_GRAY2RGB),
+    # 4:2:2 YUV, two bytes per pixel: ROS "yuv422" is UYVY, "yuv422_yuy2" is YUYV
+    "yuv422": (2, 1, cv2.COLOR_YUV2RGB_UYVY), "yuv422_yuy2": (2, 1, cv2.COLOR_YUV2RGB_YUY2),
 }
 # ROS names the Bayer pattern from the first row, OpenCV from the second: rggb -> BayerBG.
 _BAYER = {"rggb": cv2.COLOR_BayerBG2RGB, "bggr": cv2.COLOR_BayerRG2RGB,
@@ -42,10 +44,11 @@ def _as_bytes(data: Any) -> memoryview:
 
 
 def decode_image(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
-                 data: Any) -> np.ndarray:
+                 data: Any, bit_depth: int = 16) -> np.ndarray:
     """Decode raw ``sensor_msgs/Image`` fields to an (H, W, 3) uint8 RGB array.
 
-    16-bit encodings are scaled to 8 bits (the high byte); ``step`` padding is honoured.
+    16-bit encodings keep their top 8 significant bits: of ``bit_depth`` (9..16) bits, so a
+    12-bit sensor's 0..4095 fills 0..255 (larger values saturate); ``step`` padding is honoured.
 
     Raises:
         ImageDecodeError: unknown encoding, or ``data``/``step`` too short for the header.
@@ -65,6 +68,8 @@ def decode_image(encoding: str, height: int, width: int, step: int, is_bigendian
     buf = _as_bytes(data)
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f"image header says {width}x{height} pixels")
+    if encoding.startswith("yuv422") and width % 2:
+        raise ImageDecodeError(f"{encoding} pairs pixels and needs an even width, got {width}")
     if step < row:
         raise ImageDecodeError(f"step {step} is smaller than one row of {width} {encoding} "
                                f"pixels ({row} bytes)")
@@ -76,7 +81,7 @@ def decode_image(encoding: str, height: int, width: int, step: int, is_bigendian
     if nbytes == 2:
         dtype = np.dtype(">u2" if is_bigendian else "<u2")
         pixels = np.ascontiguousarray(rows).view(dtype).reshape(height, width, channels)
-        pixels = (pixels >> 8).astype(np.uint8)
+        pixels = np.minimum(pixels >> (bit_depth - 8), 255).astype(np.uint8)
     else:
         pixels = np.ascontiguousarray(rows).reshape(height, width, channels)
     if code is None:
@@ -115,12 +120,13 @@ def encode_compressed(rgb: np.ndarray, kind: str = "jpeg", quality: int = 95) ->
     return buf.tobytes()
 
 
-def image_from_msg(msg: Any) -> np.ndarray:
-    """RGB uint8 array of an ``Image`` or ``CompressedImage`` message."""
+def image_from_msg(msg: Any, bit_depth: int = 16) -> np.ndarray:
+    """RGB uint8 array of an ``Image`` or ``CompressedImage`` message (``bit_depth``: see
+    :func:`decode_image`)."""
     if hasattr(msg, "format"):
         return decode_compressed(msg.format, msg.data)
     return decode_image(msg.encoding, msg.height, msg.width, msg.step, bool(msg.is_bigendian),
-                        msg.data)
+                        msg.data, bit_depth)
 
 
 def image_to_msg_fields(rgb: np.ndarray, encoding: str = "rgb8") -> dict[str, Any]:

@@ -2,19 +2,28 @@
 
 A thin adapter (DESIGN.md): messages -> :class:`Frame` -> synchroniser -> a backend on a worker
 thread -> :class:`Reconstruction` -> messages. All settings are ROS parameters whose defaults
-come from ``config/capture.yaml``.
+and descriptions come from ``config/capture.yaml`` (see :mod:`threer_ros.ros.parameters`).
+
+A managed (lifecycle) node: configure loads the calibration and the backend (network weights),
+activate subscribes to the cameras, deactivate unsubscribes and lets the GPU idle, cleanup and
+shutdown release the backend. With ``autostart: true`` (default) it configures and activates
+itself at start-up, as a plain node.
 
 Topics (names from the parameters):
 
 * in: ``<camera>/image_raw`` (``Image``, or ``CompressedImage`` on ``.../compressed``) and
-  ``<camera>/camera_info``, sensor-data QoS;
+  ``<camera>/camera_info``, sensor-data QoS; ``/tf`` and ``/tf_static``;
 * out (reliable): ``points`` (PointCloud2 in ``output_frame``: x, y, z, rgb, confidence),
-  ``camera_poses`` (PoseArray), ``/tf`` or ``/tf_static`` (``output_frame`` ->
-  ``<camera>_optical_frame``; static when the poses are the calibration), ``/diagnostics``.
+  ``camera_poses`` (PoseArray), ``/tf`` or ``/tf_static`` (``output_frame`` -> each camera's
+  frame, the ``frame_id`` of its images; static when the poses are the calibration; a frame
+  that another publisher already gives a parent is never published), ``/diagnostics``.
 
-With ``rig_calibration: tf`` the camera poses are read from ``/tf_static`` (transforms
-``output_frame -> <camera>_optical_frame`` published by the rig) instead of a file, and the
-node does not publish them again.
+Services under the node's name: ``~/reconstruct_now`` and ``~/reconstruct_at`` (a buffered
+set, see ``set_buffer``), ``~/save_cloud`` (PLY), ``~/start_session`` / ``~/stop_session``
+(record clouds and poses), ``~/reload_calibration``.
+
+With ``rig_calibration: tf`` each camera's pose is the chain ``output_frame -> ... -> camera
+frame`` over ``/tf_static`` and ``/tf`` (e.g. a URDF's rig -> cam_link -> cam_optical_frame).
 """
 
 from __future__ import annotations
@@ -23,7 +32,10 @@ import json
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, fields, replace
+from collections import deque
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,122 +43,89 @@ import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
-from threer_ros.config import read_parameters
+try:
+    from threer_ros_interfaces.srv import ReconstructAt, SaveCloud, StartSession
+except ImportError as exc:   # the one interface package of our own: built, not from a registry
+    raise ImportError("threer_ros_interfaces (the capture node's services) is not installed: "
+                      "run scripts/setup_env.sh, or build interfaces/threer_ros_interfaces "
+                      "with colcon and source its install/setup.sh") from exc
+
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
+from threer_ros.data.ply import write_ply
 from threer_ros.geometry.fusion import stratified_subset
-from threer_ros.pipeline.backends import (BackendOptions, device_memory_mib,
-                                         make_reconstructor, options_from_parameters,
-                                         resolve_device)
+from threer_ros.pipeline.backends import (device_memory_mib, make_reconstructor,
+                                         release_device_memory, resolve_device)
 from threer_ros.pipeline.compare import Comparison, CompareReconstructor
 from threer_ros.pipeline.frames import FramePreparer
 from threer_ros.pipeline.types import CameraCalibration, Frame, FrameSet, Reconstruction
-from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration, cloud_to_msg,
-                                    image_from_msg, pose_array_msg, transform_msgs,
-                                    transform_to_matrix)
+from threer_ros.ros import parameters
+from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration, cloud_from_msg,
+                                    cloud_to_msg, image_from_msg, pose_array_msg, transform_msgs)
+from threer_ros.ros.recording import Recording
 from threer_ros.ros.sync import FrameSynchronizer
-from threer_ros.ros.worker import LatestSetWorker
+from threer_ros.ros.tf_listener import TfListener, latched_qos
+from threer_ros.ros.worker import LatestSetWorker, WorkerStats
 
-#: Name of the node's pipeline status in ``/diagnostics`` (counters, stage timings, latency).
-PIPELINE_STATUS = "threer_ros: pipeline"
+#: The node's default name; its statuses in /diagnostics are named after its full name.
+NODE_NAME = "threer_capture"
+#: Seconds in which a rejected message keeps a camera's status at WARN.
+REJECTION_WINDOW_S = 10.0
 
 
-@dataclass(frozen=True)
-class NodeSettings:
-    """The node's parameters (documented in ``config/capture.yaml``)."""
+def pipeline_status_name(node: str) -> str:
+    """Name of the pipeline status (counters, stage timings, latency) of the node whose fully
+    qualified name is ``node``."""
+    return f"{node}: pipeline"
 
-    cameras: tuple[str, ...]
-    image_topic: str
-    camera_info_topic: str
-    image_transport: str
-    image_reliability: str
-    rig_calibration: str
-    sync_tolerance: float
-    sync_max_delay: float
-    min_cameras: int
-    max_rate: float
-    backend: str
-    compare_backends: str
-    output_frame: str
-    max_points: int
-    cloud_topic: str
-    poses_topic: str
-    options: BackendOptions = BackendOptions()
 
-    @classmethod
-    def declare(cls, node: Node) -> "NodeSettings":
-        """Declare every parameter on ``node`` (defaults from the config file) and read them;
-        the backend options are the parameters named after :class:`BackendOptions` fields."""
-        defaults = read_parameters()
-        values: dict[str, Any] = {}
-        names = [f.name for f in fields(cls) if f.name != "options"]
-        for name in names + [f.name for f in fields(BackendOptions)]:
-            values[name] = node.declare_parameter(name, defaults[name]).value
-        values["cameras"] = tuple(values["cameras"])
-        values["options"] = options_from_parameters(values)
-        for f in fields(BackendOptions):
-            del values[f.name]
-        settings = cls(**values)
-        settings.validate()
-        return settings
+def camera_status_name(node: str, camera: str) -> str:
+    """Name of a camera's status of the node ``node`` (fully qualified name)."""
+    return f"{node}: camera {camera}"
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the parameter when a value is unusable."""
-        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"parameter 'cameras' must list distinct names, got {self.cameras}")
-        if self.image_transport not in ("raw", "compressed"):
-            raise ValueError(f"parameter 'image_transport' is {self.image_transport!r}: "
-                             "use raw or compressed")
-        if self.image_reliability not in ("best_effort", "reliable"):
-            raise ValueError(f"parameter 'image_reliability' is {self.image_reliability!r}: "
-                             "use best_effort or reliable")
-        if not 1 <= self.min_cameras <= len(self.cameras):
-            raise ValueError(f"parameter 'min_cameras' = {self.min_cameras} must be between 1 "
-                             f"and the number of cameras ({len(self.cameras)})")
-        if self.sync_tolerance <= 0 or self.sync_max_delay < 0:
-            raise ValueError("parameters 'sync_tolerance' (> 0) and 'sync_max_delay' (>= 0) are "
-                             "in seconds")
 
-    @property
-    def backends(self) -> list[str]:
-        """The primary backend, then the compared ones (``compare_backends``)."""
-        extra = [b.strip() for b in self.compare_backends.split(",") if b.strip()]
-        return [self.backend] + [b for b in extra if b != self.backend]
+#: The pipeline status of a node started with the default name in the root namespace.
+PIPELINE_STATUS = pipeline_status_name("/" + NODE_NAME)
 
-    def topic(self, template: str, camera: str) -> str:
-        return template.replace("{camera}", camera)
-
-    def camera_qos(self) -> QoSProfile:
-        """QoS of the image and CameraInfo subscriptions: best effort, keep last 5 (sensor
-        data), or with ``image_reliability: reliable`` reliable, keep last 1 (each camera's
-        newest image, no backlog when the node falls behind); volatile."""
-        return QoSProfile(depth=1 if self.image_reliability == "reliable" else 5,
-                          history=HistoryPolicy.KEEP_LAST,
-                          durability=DurabilityPolicy.VOLATILE,
-                          reliability=ReliabilityPolicy.RELIABLE
-                          if self.image_reliability == "reliable"
-                          else ReliabilityPolicy.BEST_EFFORT)
+#: A job of the worker: the set, its arrival (monotonic s), and the future of a service that
+#: asked for it (completed with the number of points published) or None.
+Job = tuple[FrameSet, float, "Future[int] | None"]
 
 
 @dataclass
 class CameraStats:
-    """Per-camera input counters for /diagnostics."""
+    """Per-camera input counters for /diagnostics (times: monotonic seconds)."""
 
     received: int = 0
     rejected: int = 0
     last_error: str = ""
-    arrivals: list[float] = field(default_factory=list)  # monotonic seconds, last 30
+    arrivals: list[float] = field(default_factory=list)    # last 30
+    rejections: list[float] = field(default_factory=list)  # last 30
 
     def arrived(self, now: float) -> None:
         self.received += 1
         self.arrivals.append(now)
         del self.arrivals[:-30]
+
+    def rejected_one(self, now: float, message: str) -> None:
+        self.rejected += 1
+        self.last_error = message
+        self.rejections.append(now)
+        del self.rejections[:-30]
+
+    def recent_rejections(self, now: float, window_s: float = REJECTION_WINDOW_S) -> int:
+        """Messages rejected in the last ``window_s`` seconds."""
+        return sum(1 for t in self.rejections if now - t <= window_s)
 
     def rate_hz(self, now: float) -> float:
         """Images per second over the last arrivals; 0 once the camera has been silent for
@@ -167,62 +146,47 @@ def _stamp_msg(stamp_ns: int) -> Time:
     return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
 
 
-def _latched(depth: int) -> QoSProfile:
-    """Reliable, transient-local QoS: what tf2 uses for ``/tf_static``."""
-    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                      history=HistoryPolicy.KEEP_LAST)
-
-
-class CaptureNode(Node):
-    """Reconstruction node; see the module docstring for topics and frames."""
+class CaptureNode(LifecycleNode):
+    """Reconstruction node; see the module docstring for topics, frames and services."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("threer_capture", **kwargs)
-        self.settings = NodeSettings.declare(self)
+        super().__init__(NODE_NAME, **kwargs)
+        self.settings = parameters.declare(self)
         s = self.settings
         self._lock = threading.Lock()
+        self._state = "unconfigured"
         self._rig: RigCalibration | None = None
         self._poses_from_tf = s.rig_calibration == "tf"
-        if self._poses_from_tf:
-            self._rig = RigCalibration(s.output_frame, {}, {})
-        elif s.rig_calibration:
-            self._rig = load_rig_calibration(s.rig_calibration)
         self._camera_info: dict[str, CameraCalibration] = {}
+        self._frame_ids: dict[str, str] = {}     # camera -> frame_id of its images
         self._stats = {c: CameraStats() for c in s.cameras}
         self._preparer = FramePreparer(s.options.working_width)
         self._sync = FrameSynchronizer(s.cameras, tolerance_ns=int(s.sync_tolerance * 1e9),
                                        min_cameras=s.min_cameras,
                                        max_delay_ns=int(s.sync_max_delay * 1e9))
+        self._sets: deque[FrameSet] = deque(maxlen=s.set_buffer)   # newest usable sets
+        self._camera_subscriptions: list = []
         self._last_recon: Reconstruction | None = None
+        self._last_cloud: PointCloud2 | None = None
         self._last_missing: tuple[str, ...] = ()
         self._last_latency_s = float("nan")
         self._last_overhead_s = float("nan")     # latency minus the backend's own time
         self._published_points = 0
         self._static: dict[str, object] = {}   # child frame -> TransformStamped sent latched
-        self._last_transforms: list = []
+        self._own_frames: set[str] = set()      # camera frames this node publishes
         self._warned: set[tuple[str, str]] = set()
         self._backend_error = ""
+        self._device = s.options.device
         self._reconstructor = None
         self._comparison: Comparison | None = None
-        self._device = "cpu"
-        try:
-            options = replace(s.options, device=resolve_device(s.options.device))
-            self._device = options.device
-            built = {name: make_reconstructor(name, options) for name in s.backends}
-            self._reconstructor = built[s.backend] if len(built) == 1 \
-                else CompareReconstructor(built)
-        except (ValueError, OSError, RuntimeError) as exc:
-            self._backend_error = f"backend {', '.join(s.backends)} unavailable: {exc}"
-            self.get_logger().error(self._backend_error)
+        self._recording: Recording | None = None
 
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                               history=HistoryPolicy.KEEP_LAST)
-        latched = _latched(depth=1)
         self._cloud_pub = self.create_publisher(PointCloud2, s.cloud_topic, reliable)
         self._poses_pub = self.create_publisher(PoseArray, s.poses_topic, reliable)
         self._tf_pub = self.create_publisher(TFMessage, "/tf", QoSProfile(depth=100))
-        self._tf_static_pub = self.create_publisher(TFMessage, "/tf_static", latched)
+        self._tf_static_pub = self.create_publisher(TFMessage, "/tf_static", latched_qos(1))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics",
                                                QoSProfile(depth=10))
         self._compare_pubs = {
@@ -230,36 +194,145 @@ class CaptureNode(Node):
             for name in s.backends[1:]}
         self._comparison_pub = self.create_publisher(String, "comparison", reliable) \
             if self._compare_pubs else None
-        for camera in s.cameras:
-            self._subscribe(camera)
-        if self._poses_from_tf:
-            self.create_subscription(TFMessage, "/tf_static", self._on_tf_static,
-                                     _latched(depth=100))
+        self._tf = TfListener(self)
         self._worker: LatestSetWorker = LatestSetWorker(
             self._reconstruct, self._publish, self._report_failure, max_rate=s.max_rate)
+        services = MutuallyExclusiveCallbackGroup()   # may wait for the worker: own thread
+        for srv_type, name, handler in (
+                (Trigger, "~/reconstruct_now", self._srv_reconstruct_now),
+                (ReconstructAt, "~/reconstruct_at", self._srv_reconstruct_at),
+                (SaveCloud, "~/save_cloud", self._srv_save_cloud),
+                (StartSession, "~/start_session", self._srv_start_session),
+                (Trigger, "~/stop_session", self._srv_stop_session),
+                (Trigger, "~/reload_calibration", self._srv_reload_calibration)):
+            self.create_service(srv_type, name, handler, callback_group=services)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._on_timer)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the rig calibration and build the backend (network weights); FAILURE (the
+        node stays unconfigured, the reason in the log and /diagnostics) when either fails."""
+        s = self.settings
+        try:
+            rig = load_rig_calibration(s.rig_calibration) \
+                if s.rig_calibration and not self._poses_from_tf else None
+        except (ValueError, OSError) as exc:
+            self._backend_error = f"rig calibration {s.rig_calibration!r} unusable: {exc}"
+            self.get_logger().error(self._backend_error)
+            return TransitionCallbackReturn.FAILURE
+        try:
+            options = replace(s.options, device=resolve_device(s.options.device))
+            built = {name: make_reconstructor(name, options) for name in s.backends}
+        except (ValueError, OSError, RuntimeError) as exc:
+            self._backend_error = f"backend {', '.join(s.backends)} unavailable: {exc}"
+            self.get_logger().error(self._backend_error)
+            return TransitionCallbackReturn.FAILURE
+        with self._lock:
+            self._rig, self._device, self._backend_error = rig, options.device, ""
+            self._reconstructor = built[s.backend] if len(built) == 1 \
+                else CompareReconstructor(built)
+        self._state = "inactive"
         self.get_logger().info(
-            f"reconstructing {len(s.cameras)} cameras with backend {s.backend!r} into frame "
-            f"{s.output_frame!r}; calibration: {s.rig_calibration or 'CameraInfo only'}")
+            f"configured: backend {s.backend!r} on {options.device}, {len(s.cameras)} cameras "
+            f"into frame {s.output_frame!r}; calibration: {s.rig_calibration or 'CameraInfo only'}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe to every camera."""
+        for camera in self.settings.cameras:
+            self._subscribe(camera)
+        self._state = "active"
+        self.get_logger().info("active: reconstructing incoming sets")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe, drop the pending set, wait for a running reconstruction (at most
+        ``service_timeout``) and return the GPU's cached memory."""
+        self._pause()
+        self._state = "inactive"
+        self.get_logger().info("inactive: not taking sets")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the backend, the calibration, buffered sets and a recording session."""
+        self._release()
+        self._state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop whatever runs and release everything (from any state)."""
+        self._pause()
+        self._release()
+        self._state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _pause(self) -> None:
+        for subscription in self._camera_subscriptions:
+            self.destroy_subscription(subscription)
+        self._camera_subscriptions.clear()
+        self._worker.discard_pending()
+        self._worker.wait_idle(self.settings.service_timeout)
+        self._sync.reset()
+        release_device_memory()
+
+    def _release(self) -> None:
+        self._worker.wait_idle(self.settings.service_timeout)
+        self._close_recording()
+        with self._lock:
+            self._reconstructor, self._rig, self._last_recon = None, None, None
+            self._sets.clear()
+        self._camera_info.clear()
+        release_device_memory()
+
+    # --- parameters -----------------------------------------------------------------------
+    def _on_set_parameters(self, changed: list[Parameter]) -> SetParametersResult:
+        """Apply live parameters (read-only ones are refused by their descriptors first)."""
+        changes: dict[str, Any] = {}
+        for parameter in changed:
+            if parameter.name not in parameters.LIVE:
+                continue
+            value, reason = parameters.check_value(parameter.name, parameter.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            changes[parameter.name] = value
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            settings = self.settings.updated(changes)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.settings = settings
+        self._sync.tolerance_ns = int(settings.sync_tolerance * 1e9)
+        self._sync.max_delay_ns = int(settings.sync_max_delay * 1e9)
+        self._sync.min_cameras = settings.min_cameras
+        self._worker.set_max_rate(settings.max_rate)
+        with self._lock:
+            reconstructor = self._reconstructor
+        if reconstructor is not None and changes.keys() & parameters.FUSION:
+            reconstructor.update_fusion(settings.options.fusion_settings())
+        self.get_logger().info("parameters changed: " + ", ".join(
+            f"{k} = {v}" for k, v in changes.items()))
+        return SetParametersResult(successful=True)
 
     # --- inputs ---------------------------------------------------------------------------
     def _subscribe(self, camera: str) -> None:
         s = self.settings
         topic, qos = s.topic(s.image_topic, camera), s.camera_qos()
         if s.image_transport == "compressed":
-            self.create_subscription(CompressedImage, topic + "/compressed",
-                                     lambda m, c=camera: self._on_image(c, m), qos)
+            msg_type, topic = CompressedImage, topic + "/compressed"
         else:
-            self.create_subscription(Image, topic, lambda m, c=camera: self._on_image(c, m), qos)
+            msg_type = Image
+        self._camera_subscriptions.append(self.create_subscription(
+            msg_type, topic, lambda m, c=camera: self._on_image(c, m), qos))
         if s.camera_info_topic:
-            self.create_subscription(CameraInfo, s.topic(s.camera_info_topic, camera),
-                                     lambda m, c=camera: self._on_camera_info(c, m), qos)
+            self._camera_subscriptions.append(self.create_subscription(
+                CameraInfo, s.topic(s.camera_info_topic, camera),
+                lambda m, c=camera: self._on_camera_info(c, m), qos))
 
     def _reject(self, camera: str, reason: str, message: str) -> None:
         """Count a bad message and log it (one line; repeated reasons are throttled)."""
-        stats = self._stats[camera]
-        stats.rejected += 1
-        stats.last_error = message
+        self._stats[camera].rejected_one(time.monotonic(), message)
         if (camera, reason) not in self._warned:
             self._warned.add((camera, reason))
             self.get_logger().error(f"dropped a message from {camera}: {message}")
@@ -268,6 +341,8 @@ class CaptureNode(Node):
                                       throttle_duration_sec=10.0)
 
     def _on_camera_info(self, camera: str, msg: CameraInfo) -> None:
+        if msg.header.frame_id:         # the camera's frame, like its images' (REP: same frame)
+            self._frame_ids[camera] = msg.header.frame_id
         try:
             calib = camera_info_to_calibration(msg)
         except ValueError as exc:
@@ -276,26 +351,35 @@ class CaptureNode(Node):
         if calib is not None:
             self._camera_info[camera] = calib
 
-    def _on_tf_static(self, msg: TFMessage) -> None:
-        """Take camera poses ``output_frame -> <camera>_optical_frame`` from the rig's TF."""
-        frames = {f"{c}_optical_frame": c for c in self.settings.cameras}
-        for t in msg.transforms:
-            camera = frames.get(t.child_frame_id)
-            if camera is not None and t.header.frame_id == self.settings.output_frame:
-                self._rig.cam_to_rig[camera] = transform_to_matrix(t.transform)
+    def _frame_id(self, camera: str) -> str:
+        """The camera's frame: the ``frame_id`` of its images (or CameraInfo), else
+        ``<camera>_optical_frame``."""
+        return self._frame_ids.get(camera) or f"{camera}_optical_frame"
+
+    def _extrinsics(self, camera: str) -> np.ndarray | None:
+        """Camera-to-``output_frame`` pose (4x4, metres) from the calibration file or TF."""
+        if self._poses_from_tf:
+            return self._tf.lookup(self.settings.output_frame, self._frame_id(camera))
+        rig = self._rig
+        return rig.cam_to_rig.get(camera) if rig is not None else None
 
     def _calibration(self, camera: str) -> CameraCalibration | None:
         info = self._camera_info.get(camera)
-        if self._rig is not None:
-            return self._rig.calibration_for(camera, info)
-        return info
+        if self._poses_from_tf:
+            pose = self._extrinsics(camera)
+            rig = RigCalibration(self.settings.output_frame,
+                                 {camera: pose} if pose is not None else {}, {})
+        else:
+            rig = self._rig
+        return rig.calibration_for(camera, info) if rig is not None else info
 
     def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         now = time.monotonic()
         self._stats[camera].arrived(now)
+        self._frame_ids[camera] = msg.header.frame_id
         stamp_ns = _stamp_ns(msg.header.stamp)
         try:
-            rgb = image_from_msg(msg)
+            rgb = image_from_msg(msg, self.settings.image_bit_depth)
             frame = self._preparer.prepare(camera, rgb, stamp_ns, self._calibration(camera))
         except (ImageDecodeError, ValueError) as exc:
             self._reject(camera, type(exc).__name__, str(exc))
@@ -310,9 +394,12 @@ class CaptureNode(Node):
         if len(frames) < self.settings.min_cameras:
             return
         self._last_missing = missing
-        if self._reconstructor is None:
-            return
-        self._worker.submit((FrameSet(frames, synced.stamp_ns, missing), arrival))
+        frame_set = FrameSet(frames, synced.stamp_ns, missing)
+        with self._lock:
+            self._sets.append(frame_set)
+            configured = self._reconstructor is not None
+        if configured:
+            self._worker.submit((frame_set, arrival, None))
 
     def _consistent_resolution(self, frames: tuple[Frame, ...]) -> tuple[Frame, ...]:
         """Keep the frames with the rig's majority resolution; name and count the others."""
@@ -325,19 +412,151 @@ class CaptureNode(Node):
                              f"{majority[1]}x{majority[0]}; excluded from the set")
         return tuple(f for f, size in zip(frames, sizes) if size == majority)
 
-    # --- worker thread --------------------------------------------------------------------
-    def _reconstruct(self, item: tuple[FrameSet, float]
-                     ) -> tuple[Reconstruction, Comparison | None, float]:
-        """The set's reconstruction (and comparison), and the seconds the backend(s) took."""
-        started = time.monotonic()
-        if isinstance(self._reconstructor, CompareReconstructor):
-            comparison = self._reconstructor.compare_set(item[0])
-            recon = comparison.reconstructions[self._reconstructor.primary]
+    # --- services (own callback group: they wait for the worker, never for the executor) --
+    def _reconstruct_on_request(self, frame_set: FrameSet | None, not_found: str
+                                ) -> tuple[bool, str, int]:
+        """Have the worker reconstruct and publish ``frame_set`` next; (success, message,
+        points published), waiting at most ``service_timeout``; ``not_found`` is the answer
+        when there is no set."""
+        with self._lock:
+            configured = self._reconstructor is not None
+        if not configured:
+            return False, f"the node is {self._state}: configure it first", 0
+        if frame_set is None:
+            return False, not_found, 0
+        future: Future[int] = Future()
+        self._worker.submit((frame_set, time.monotonic(), future), requested=True)
+        timeout = self.settings.service_timeout
+        try:
+            points = future.result(timeout=timeout)
+        except FutureTimeout:
+            return False, (f"the set at {frame_set.stamp_ns} ns is still being reconstructed "
+                           f"after {timeout:g} s; its cloud is published when done"), 0
+        except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
+            return False, f"reconstruction of the set at {frame_set.stamp_ns} ns failed: " \
+                          f"{type(exc).__name__}: {exc}", 0
+        return True, (f"published {points} points from {len(frame_set.frames)} cameras, set "
+                      f"at {frame_set.stamp_ns} ns"), points
+
+    def _srv_reconstruct_now(self, request: Trigger.Request, response: Trigger.Response
+                             ) -> Trigger.Response:
+        with self._lock:
+            newest = self._sets[-1] if self._sets else None
+        response.success, response.message, _ = self._reconstruct_on_request(
+            newest, "no complete set received yet")
+        return response
+
+    def _srv_reconstruct_at(self, request: ReconstructAt.Request,
+                            response: ReconstructAt.Response) -> ReconstructAt.Response:
+        wanted = _stamp_ns(request.stamp)
+        tolerance = int(self.settings.sync_tolerance * 1e9)
+        with self._lock:
+            stamps = [f.stamp_ns for f in self._sets]
+            match = min(self._sets, key=lambda f: abs(f.stamp_ns - wanted), default=None)
+        if match is not None and abs(match.stamp_ns - wanted) > tolerance:
+            match = None
+        response.success, response.message, response.points = self._reconstruct_on_request(
+            match, f"no buffered set within {tolerance} ns of {wanted} ns; buffered stamps: "
+                   f"{stamps or 'none'}")
+        return response
+
+    def _srv_save_cloud(self, request: SaveCloud.Request, response: SaveCloud.Response
+                        ) -> SaveCloud.Response:
+        with self._lock:
+            cloud = self._last_cloud
+        if cloud is None:
+            response.success, response.message = False, "no cloud published yet"
+        elif not request.path:
+            response.success, response.message = False, "give the PLY file's path"
         else:
-            recon, comparison = self._reconstructor.reconstruct(item[0]), None
+            path = Path(request.path).expanduser().resolve()
+            try:
+                points, colors, confidence = cloud_from_msg(cloud)
+                write_ply(path, points, colors, confidence)
+                response.success = True
+                response.message = (f"wrote {len(points)} points (frame "
+                                    f"{cloud.header.frame_id!r}) to {path}")
+            except OSError as exc:
+                response.success, response.message = False, f"cannot write {path}: {exc}"
+        return response
+
+    def _srv_start_session(self, request: StartSession.Request,
+                           response: StartSession.Response) -> StartSession.Response:
+        with self._lock:
+            busy = self._recording
+        if busy is not None:
+            response.success = False
+            response.message = f"a session is recording into {busy.directory}; stop it first"
+            return response
+        topics = {"sensor_msgs/msg/PointCloud2": self._cloud_pub.topic_name,
+                  "geometry_msgs/msg/PoseArray": self._poses_pub.topic_name,
+                  "tf2_msgs/msg/TFMessage": "/tf"}
+        try:
+            recording = Recording(request.directory, request.format or "folder", topics)
+        except (ValueError, OSError) as exc:
+            response.success, response.message = False, f"cannot start the session: {exc}"
+            return response
+        with self._lock:
+            self._recording = recording
+        response.success = True
+        response.message = f"recording every reconstruction into {recording.directory} " \
+                           f"({recording.format})"
+        return response
+
+    def _srv_stop_session(self, request: Trigger.Request, response: Trigger.Response
+                          ) -> Trigger.Response:
+        summary = self._close_recording()
+        response.success = summary is not None
+        response.message = summary or "no session is recording"
+        return response
+
+    def _close_recording(self) -> str | None:
+        """Close the recording session, if any; its summary."""
+        with self._lock:
+            recording, self._recording = self._recording, None
+            return recording.close() if recording is not None else None
+
+    def _srv_reload_calibration(self, request: Trigger.Request, response: Trigger.Response
+                                ) -> Trigger.Response:
+        path = self.settings.rig_calibration
+        if self._poses_from_tf:
+            response.success, response.message = True, "poses follow /tf and /tf_static live"
+        elif not path:
+            response.success = False
+            response.message = "no rig_calibration file is set (poses are estimated)"
+        elif self._state not in ("inactive", "active"):
+            response.success = False
+            response.message = f"the node is {self._state}: configure it first"
+        else:
+            try:
+                rig = load_rig_calibration(path)
+            except (ValueError, OSError) as exc:
+                response.success, response.message = False, f"{path} unusable: {exc}"
+                return response
+            with self._lock:
+                self._rig = rig
+            response.success = True
+            response.message = f"reloaded {len(rig.cam_to_rig)} camera poses from {path}"
+        return response
+
+    # --- worker thread --------------------------------------------------------------------
+    def _reconstruct(self, item: Job) -> tuple[Reconstruction, Comparison | None, float]:
+        """The set's reconstruction (and comparison), and the seconds the backend(s) took."""
+        with self._lock:
+            reconstructor = self._reconstructor
+        if reconstructor is None:
+            raise RuntimeError("the node was cleaned up; configure it again")
+        started = time.monotonic()
+        if isinstance(reconstructor, CompareReconstructor):
+            comparison = reconstructor.compare_set(item[0])
+            recon = comparison.reconstructions[reconstructor.primary]
+        else:
+            recon, comparison = reconstructor.reconstruct(item[0]), None
         return recon, comparison, time.monotonic() - started
 
-    def _report_failure(self, item: tuple[FrameSet, float], exc: BaseException) -> None:
+    def _report_failure(self, item: Job, exc: BaseException) -> None:
+        if item[2] is not None and not item[2].done():
+            item[2].set_exception(exc)
         if not self.context.ok():  # shutting down: nothing to report to
             return
         self.get_logger().error(f"reconstruction of the set at {item[0].stamp_ns} ns failed: "
@@ -355,8 +574,10 @@ class CaptureNode(Node):
             points, colors, conf = points[idx], colors[idx], conf[idx]
         return cloud_to_msg(header, points, colors, conf), len(points)
 
-    def _publish(self, item: tuple[FrameSet, float],
-                 result: tuple[Reconstruction, Comparison | None, float]) -> None:
+    def _publish(self, item: Job, result: tuple[Reconstruction, Comparison | None, float]
+                 ) -> None:
+        """Publish the cloud, poses and camera frames; a requesting service learns the number
+        of points published."""
         if not self.context.ok():  # the job finished after Ctrl-C: nobody to publish to
             return
         s = self.settings
@@ -367,25 +588,59 @@ class CaptureNode(Node):
         self._cloud_pub.publish(cloud)
         if comparison is not None:
             self._publish_comparison(header, comparison)
-        self._poses_pub.publish(pose_array_msg(header, recon.cam_to_rig))
-        transforms = transform_msgs(s.output_frame, [f"{c}_optical_frame" for c in recon.cameras],
-                                    recon.cam_to_rig, header.stamp)
-        if recon.poses_from_calibration:
-            if not self._poses_from_tf:
-                self._latch_static(transforms)
-        else:
-            self._tf_pub.publish(TFMessage(transforms=transforms))
+        poses = pose_array_msg(header, recon.cam_to_rig)
+        self._poses_pub.publish(poses)
+        tf = self._publish_frames(recon, header)
         recon.timings_s["publish"] = time.perf_counter() - started
         with self._lock:
-            self._last_transforms = [] if recon.poses_from_calibration else transforms
-            self._last_recon = recon
+            self._last_recon, self._last_cloud = recon, cloud
             self._published_points = published
             self._last_latency_s = time.monotonic() - item[1]
             self._last_overhead_s = self._last_latency_s - backend_s
             self._comparison = comparison
+            if self._recording is not None:
+                self._recording.write(recon.stamp_ns, {
+                    "sensor_msgs/msg/PointCloud2": cloud, "geometry_msgs/msg/PoseArray": poses,
+                    "tf2_msgs/msg/TFMessage": tf}, recon.cameras, recon.cam_to_rig,
+                    s.output_frame)
         self.get_logger().info(
             f"published {published} points from {len(recon.cameras)} cameras; "
             + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in recon.timings_s.items()))
+        if item[2] is not None:
+            item[2].set_result(published)
+
+    def _publish_frames(self, recon: Reconstruction, header: Header) -> TFMessage:
+        """Camera frames ``output_frame -> frame`` at the set's stamp: latched on
+        ``/tf_static`` when they are the calibration, else on ``/tf``; frames that another
+        publisher already gives a parent are left alone. Returns what was sent."""
+        frames = [self._frame_id(c) for c in recon.cameras]
+        parents = {frame: self._foreign_parent(frame) for frame in frames}
+        chosen = [(frame, pose) for frame, pose in zip(frames, recon.cam_to_rig)
+                  if parents[frame] is None]
+        skipped = [f"{frame} (parent {parent})" for frame, parent in parents.items()
+                   if parent is not None and ("tf", frame) not in self._warned]
+        if skipped:
+            self._warned.update(("tf", frame) for frame, p in parents.items() if p is not None)
+            self.get_logger().info("not publishing camera frames that another publisher "
+                                   f"already places: {', '.join(skipped)}")
+        transforms = transform_msgs(header.frame_id, [f for f, _ in chosen],
+                                    np.array([p for _, p in chosen]).reshape(-1, 4, 4),
+                                    header.stamp)
+        if recon.poses_from_calibration:
+            self._latch_static(transforms)
+        elif transforms:
+            self._tf_pub.publish(TFMessage(transforms=transforms))
+        return TFMessage(transforms=transforms)
+
+    def _foreign_parent(self, frame: str) -> str | None:
+        """The parent another publisher gives ``frame``, or None when it has none (then this
+        node owns the frame from now on) or this node published it."""
+        if frame in self._own_frames:
+            return None
+        parent = self._tf.parent(frame)
+        if parent is None:
+            self._own_frames.add(frame)
+        return parent
 
     def _publish_comparison(self, header: Header, comparison: Comparison) -> None:
         """Each compared backend's cloud on ``<cloud_topic>/<backend>`` and the summary (JSON)
@@ -393,8 +648,9 @@ class CaptureNode(Node):
         for name, publisher in self._compare_pubs.items():
             if name in comparison.reconstructions:
                 publisher.publish(self._cloud_msg(header, comparison.reconstructions[name])[0])
-        summary = {"stamp_ns": comparison.reconstructions[self._reconstructor.primary].stamp_ns,
-                   "primary": self._reconstructor.primary, "backends": comparison.summary,
+        primary = self._reconstructor.primary
+        summary = {"stamp_ns": comparison.reconstructions[primary].stamp_ns,
+                   "primary": primary, "backends": comparison.summary,
                    "errors": comparison.errors}
         self._comparison_pub.publish(String(data=json.dumps(summary, allow_nan=False,
                                                             default=str)))
@@ -413,30 +669,40 @@ class CaptureNode(Node):
 
     # --- diagnostics ----------------------------------------------------------------------
     def _on_timer(self) -> None:
-        with self._lock:
-            transforms = self._last_transforms
-        if transforms:  # keep estimated camera frames alive for late tf2 listeners / RViz
-            stamp = self.get_clock().now().to_msg()
-            for t in transforms:
-                t.header.stamp = stamp
-            self._tf_pub.publish(TFMessage(transforms=transforms))
         self._diag_pub.publish(self.diagnostics())
 
+    def _pipeline_level(self, work: WorkerStats, recon: Reconstruction | None
+                        ) -> tuple[bytes, str]:
+        if self._backend_error:
+            return DiagnosticStatus.ERROR, self._backend_error
+        if self._state != "active":
+            return DiagnosticStatus.WARN, f"{self._state} (ros2 lifecycle set to change)"
+        if work.failed and recon is None:
+            return DiagnosticStatus.ERROR, "every reconstruction failed so far"
+        if recon is None:
+            return DiagnosticStatus.WARN, "waiting for images: no set reconstructed yet"
+        if self._last_missing:
+            return DiagnosticStatus.WARN, f"missing cameras: {', '.join(self._last_missing)}"
+        return DiagnosticStatus.OK, "reconstructing"
+
     def diagnostics(self) -> DiagnosticArray:
-        """Current status: one pipeline entry and one entry per camera."""
+        """Current status: one pipeline entry and one entry per camera, named after the node's
+        fully qualified name; a camera's hardware_id is its name."""
         now = time.monotonic()
+        node = self.get_fully_qualified_name()
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         sync, work = self._sync.stats, self._worker.stats
         with self._lock:
             recon, latency = self._last_recon, self._last_latency_s
-            overhead = self._last_overhead_s
+            overhead, buffered = self._last_overhead_s, len(self._sets)
+            recording = self._recording
         values = {
-            "backend": self.settings.backend,
+            "state": self._state, "backend": self.settings.backend,
             "sets_completed": sync.completed, "sets_partial": sync.partial,
             "sets_dropped_sync": sync.dropped, "sets_dropped_busy": work.dropped,
             "frames_duplicate": sync.duplicates, "frames_late": sync.late,
-            "sync_resets": sync.resets,
+            "sync_resets": sync.resets, "sets_buffered": buffered,
             "sets_rate_limited": work.rate_limited, "reconstructions": work.completed,
             "reconstruction_failures": work.failed,
             "last_reconstruction_s": f"{work.last_duration_s:.4f}",
@@ -444,41 +710,39 @@ class CaptureNode(Node):
             "points_published": self._published_points,
             "end_to_end_latency_s": f"{latency:.4f}",
             "node_overhead_s": f"{overhead:.4f}",
+            "recording": recording.directory if recording is not None else "",
         }
         if recon is not None:
             values.update({f"stage_{k}_s": f"{v:.4f}" for k, v in recon.timings_s.items()})
             values.update({k: f"{v:.6g}" for k, v in recon.info.items()})
         values.update({k: f"{v:.1f}" for k, v in device_memory_mib(self._device).items()})
-        if self._backend_error:
-            level, message = DiagnosticStatus.ERROR, self._backend_error
-        elif work.failed and (recon is None):
-            level, message = DiagnosticStatus.ERROR, "every reconstruction failed so far"
-        elif self._last_missing:
-            level = DiagnosticStatus.WARN
-            message = f"missing cameras: {', '.join(self._last_missing)}"
-        else:
-            level, message = DiagnosticStatus.OK, "reconstructing"
-        array.status.append(self._status(PIPELINE_STATUS, level, message, values))
+        level, message = self._pipeline_level(work, recon)
+        array.status.append(self._status(pipeline_status_name(node), level, message,
+                                         self._device, values))
         for camera, st in self._stats.items():
-            rate = st.rate_hz(now)
-            level = DiagnosticStatus.OK if rate > 0 and not st.rejected else DiagnosticStatus.WARN
+            rate, recent = st.rate_hz(now), st.recent_rejections(now)
+            level = DiagnosticStatus.OK if rate > 0 and not recent else DiagnosticStatus.WARN
             msg = "receiving" if rate > 0 else "no images"
-            if st.rejected:
-                msg = f"{st.rejected} messages rejected; last: {st.last_error}"
+            if recent:
+                msg = (f"{recent} messages rejected in the last {REJECTION_WINDOW_S:g} s; "
+                       f"last: {st.last_error}")
             array.status.append(self._status(
-                f"threer_ros: camera {camera}", level, msg,
+                camera_status_name(node, camera), level, msg, camera,
                 {"rate_hz": f"{rate:.2f}", "received": st.received, "rejected": st.rejected,
+                 "last_rejection": st.last_error, "frame_id": self._frame_id(camera),
                  "has_camera_info": camera in self._camera_info,
-                 "has_extrinsics": self._rig is not None and camera in self._rig.cam_to_rig}))
+                 "has_extrinsics": self._extrinsics(camera) is not None}))
         return array
 
-    def _status(self, name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
+    def _status(self, name: str, level: bytes, message: str, hardware_id: str,
+                values: dict) -> DiagnosticStatus:
         return DiagnosticStatus(level=level, name=name, message=message[:500],
-                                hardware_id=self.get_name(),
+                                hardware_id=hardware_id,
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
     def destroy_node(self) -> None:
         self._worker.stop()
+        self._close_recording()
         super().destroy_node()
 
 
@@ -486,9 +750,12 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of ``capture_node`` / ``ros2 run threer_ros capture_node``."""
     rclpy.init(args=args)
     node = None
-    executor = SingleThreadedExecutor()
+    executor = MultiThreadedExecutor(num_threads=2)   # services wait beside the inputs
     try:
         node = CaptureNode()
+        if node.settings.autostart and \
+                node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

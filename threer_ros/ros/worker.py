@@ -57,6 +57,7 @@ class LatestSetWorker(Generic[T, R]):
         self._min_period = 1.0 / max_rate if max_rate > 0 else 0.0
         self._cond = threading.Condition()
         self._pending: T | None = None
+        self._pending_requested = False   # the pending item was asked for: never replaced
         self._busy = False
         self._undelivered = 0             # results handed to the delivery thread, not yet done
         self._stopping = False
@@ -69,17 +70,39 @@ class LatestSetWorker(Generic[T, R]):
         self._thread.start()
         self._deliverer.start()
 
-    def submit(self, item: T) -> None:
-        """Offer ``item``; it replaces a pending item that the worker has not started."""
+    def submit(self, item: T, requested: bool = False) -> None:
+        """Offer ``item``; it replaces a pending item that the worker has not started.
+
+        A ``requested`` item (a service asked for it) ignores the rate limit and is never
+        replaced by a later unrequested one (which is dropped instead) nor discarded by
+        :meth:`discard_pending`; the caller learns its outcome through ``on_result`` /
+        ``on_error``.
+        """
         with self._cond:
             self.stats.submitted += 1
+            if self._pending is not None and self._pending_requested and not requested:
+                self.stats.dropped += 1
+                return
             if self._pending is not None:
                 self.stats.dropped += 1
-            elif not self._busy and time.monotonic() - self._last_start < self._min_period:
+            elif not requested and not self._busy and \
+                    time.monotonic() - self._last_start < self._min_period:
                 self.stats.rate_limited += 1
                 return
-            self._pending = item
+            self._pending, self._pending_requested = item, requested
             self._cond.notify()
+
+    def set_max_rate(self, max_rate: float) -> None:
+        """Change the rate limit (jobs per second, 0 = unlimited) from now on."""
+        with self._cond:
+            self._min_period = 1.0 / max_rate if max_rate > 0 else 0.0
+
+    def discard_pending(self) -> None:
+        """Forget the pending item unless it was requested (a paused node)."""
+        with self._cond:
+            if not self._pending_requested:
+                self._pending = None
+            self._cond.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is pending, running or waiting for delivery; True unless
