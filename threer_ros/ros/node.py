@@ -165,6 +165,8 @@ class CaptureNode(LifecycleNode):
                                        min_cameras=s.min_cameras,
                                        max_delay_ns=int(s.sync_max_delay * 1e9))
         self._sets: deque[FrameSet] = deque(maxlen=s.set_buffer)   # newest usable sets
+        self._sharing = s.sharing()
+        self._sets_other_workers = 0            # complete sets that other workers reconstruct
         self._camera_subscriptions: list = []
         self._last_recon: Reconstruction | None = None
         self._last_cloud: PointCloud2 | None = None
@@ -398,6 +400,9 @@ class CaptureNode(LifecycleNode):
         with self._lock:
             self._sets.append(frame_set)
             configured = self._reconstructor is not None
+        if not self._sharing.owns(synced.stamp_ns):     # another worker's set
+            self._sets_other_workers += 1
+            return
         if configured:
             self._worker.submit((frame_set, arrival, None))
 
@@ -703,6 +708,8 @@ class CaptureNode(LifecycleNode):
             "sets_dropped_sync": sync.dropped, "sets_dropped_busy": work.dropped,
             "frames_duplicate": sync.duplicates, "frames_late": sync.late,
             "sync_resets": sync.resets, "sets_buffered": buffered,
+            "worker": f"{self._sharing.worker_index} of {self._sharing.worker_count}",
+            "sets_other_workers": self._sets_other_workers,
             "sets_rate_limited": work.rate_limited, "reconstructions": work.completed,
             "reconstruction_failures": work.failed,
             "last_reconstruction_s": f"{work.last_duration_s:.4f}",

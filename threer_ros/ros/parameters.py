@@ -20,6 +20,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from threer_ros.config import parameter_descriptions, read_parameters
 from threer_ros.pipeline.backends import BackendOptions, options_from_parameters
+from threer_ros.pipeline.sharing import SetSharing
 
 #: Parameters that take effect while the node runs; all others are read-only.
 LIVE = frozenset({"max_rate", "sync_tolerance", "sync_max_delay", "min_cameras",
@@ -29,7 +30,8 @@ LIVE = frozenset({"max_rate", "sync_tolerance", "sync_max_delay", "min_cameras",
 #: Inclusive (lowest, highest) of the numeric parameters (seconds, metres, pixels, counts).
 RANGES: dict[str, tuple[float, float]] = {
     "sync_tolerance": (1e-6, 1.0), "sync_max_delay": (0.0, 10.0), "min_cameras": (1, 1024),
-    "max_rate": (0.0, 1000.0), "set_buffer": (1, 64), "image_bit_depth": (9, 16),
+    "max_rate": (0.0, 1000.0), "set_buffer": (1, 64), "worker_count": (1, 256),
+    "worker_index": (0, 255), "trigger_rate": (0.0, 1000.0), "image_bit_depth": (9, 16),
     "working_width": (16, 8192), "network_size": (16, 4096), "graph_neighbours": (1, 64),
     "pair_batch": (1, 4096), "alignment_iterations": (0, 100_000), "alignment_lr": (0.0, 1.0),
     "confidence_threshold": (0.0, 1e6), "voxel_size": (0.0, 1.0),
@@ -58,6 +60,9 @@ class NodeSettings:
     sync_max_delay: float
     min_cameras: int
     max_rate: float
+    worker_count: int
+    worker_index: int
+    trigger_rate: float
     set_buffer: int
     backend: str
     compare_backends: str
@@ -98,6 +103,9 @@ class NodeSettings:
         if self.image_reliability not in ("best_effort", "reliable"):
             raise ValueError(f"parameter 'image_reliability' is {self.image_reliability!r}: "
                              "use best_effort or reliable")
+        if not 0 <= self.worker_index < self.worker_count:
+            raise ValueError(f"parameter 'worker_index' = {self.worker_index} must be below "
+                             f"'worker_count' = {self.worker_count}")
         if not 1 <= self.min_cameras <= len(self.cameras):
             raise ValueError(f"parameter 'min_cameras' = {self.min_cameras} must be between 1 "
                              f"and the number of cameras ({len(self.cameras)})")
@@ -107,6 +115,10 @@ class NodeSettings:
         """The primary backend, then the compared ones (``compare_backends``)."""
         extra = [b.strip() for b in self.compare_backends.split(",") if b.strip()]
         return [self.backend] + [b for b in extra if b != self.backend]
+
+    def sharing(self) -> SetSharing:
+        """This worker's share of the rig's sets."""
+        return SetSharing.from_rate(self.worker_index, self.worker_count, self.trigger_rate)
 
     def topic(self, template: str, camera: str) -> str:
         return template.replace("{camera}", camera)
