@@ -75,6 +75,7 @@ class BackendOptions:
     outlier_std_ratio: float = 2.0
     compile_network: bool = False
     compile_alignment: bool = False
+    mvs_depth_range: tuple[float, float] = (0.0, 0.0)
 
     def fusion_settings(self) -> FusionSettings:
         """The fused cloud's filtering settings."""
