@@ -48,12 +48,12 @@ def half_resolution(images: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor
 
 
 def zncc_cost(grey: torch.Tensor, ref: int, sources: list[int], K: torch.Tensor,
-              T: torch.Tensor, inv_depth: torch.Tensor, window: int, best: int
-              ) -> torch.Tensor:
+              T: torch.Tensor, inv_depth: torch.Tensor, window: torch.Tensor | int,
+              best: int) -> torch.Tensor:
     """Matching score of every depth hypothesis of every pixel of camera ``ref``.
 
     Each source image is warped onto the reference through the hypothesis of each pixel and
-    compared with the reference by ZNCC over ``window x window`` pixels (-1 where the
+    compared with the reference by ZNCC over a square window around the pixel (-1 where the
     hypothesis projects outside the source image or behind it); the score is the mean of the
     ``best`` highest source scores (robust to occlusion).
 
@@ -65,7 +65,8 @@ def zncc_cost(grey: torch.Tensor, ref: int, sources: list[int], K: torch.Tensor,
         T: ``(N, 4, 4)`` float64 camera-to-rig poses.
         inv_depth: ``(D, H * W)`` hypotheses (1/metres) per pixel, row-major, on ``grey``'s
             device.
-        window: Odd window side in pixels.
+        window: Odd window side in pixels, or an ``(H, W)`` int tensor of them (per pixel:
+            adaptive windows).
         best: Sources averaged per hypothesis.
 
     Returns:
@@ -77,10 +78,12 @@ def zncc_cost(grey: torch.Tensor, ref: int, sources: list[int], K: torch.Tensor,
     rays = pixel_rays(K[ref], H, W)                                       # (HW, 3), z = 1
     to_grid = pixel_to_grid_matrix(H, W, K)
     ref_img = grey[ref]
-    count = box_sum(torch.ones_like(ref_img), window)
-    sum_r = box_sum(ref_img, window)
-    var_r = (count * box_sum(ref_img ** 2, window) - sum_r ** 2).clamp(min=0)
-    eps = 1e-8 * count ** 4           # 1e-8 on the product of the two window variances
+    sides = torch.as_tensor(window, device=dev)
+    windows = [int(w) for w in torch.unique(sides)]
+    counts = [box_sum(torch.ones_like(ref_img), w) for w in windows]
+    sums_r = [box_sum(ref_img, w) for w in windows]
+    vars_r = [(c * box_sum(ref_img ** 2, w) - s ** 2).clamp(min=0)
+              for c, s, w in zip(counts, sums_r, windows)]
     k = min(best, len(sources))
     ranked = [torch.full((D, H, W), -1.0, device=dev) for _ in range(k)]
     for src in sources:
@@ -99,10 +102,14 @@ def zncc_cost(grey: torch.Tensor, ref: int, sources: list[int], K: torch.Tensor,
         grid = torch.stack([gx, gy], -1).reshape(D, H, W, 2)
         warped = F.grid_sample(grey[src].expand(D, 1, H, W), grid, mode="bilinear",
                                padding_mode="zeros", align_corners=True)[:, 0]
-        sums = box_sum(torch.stack([warped, warped * warped, warped * ref_img], 1), window)
-        sum_w, sum_ww, sum_wr = sums.unbind(1)
-        var_w = (count * sum_ww - sum_w ** 2).clamp(min=0)
-        zncc = (count * sum_wr - sum_w * sum_r) / (var_w * var_r + eps).sqrt()
+        products = torch.stack([warped, warped * warped, warped * ref_img], 1)
+        zncc = torch.full_like(warped, -1.0)
+        for w, count, sum_r, var_r in zip(windows, counts, sums_r, vars_r):
+            sum_w, sum_ww, sum_wr = box_sum(products, w).unbind(1)
+            var_w = (count * sum_ww - sum_w ** 2).clamp(min=0)
+            eps = 1e-8 * count ** 4       # 1e-8 on the product of the two window variances
+            score = (count * sum_wr - sum_w * sum_r) / (var_w * var_r + eps).sqrt()
+            zncc = torch.where(sides == w, score, zncc) if len(windows) > 1 else score
         zncc = torch.where(inside, zncc, -1.0)
         for i in range(k):                     # insert into the k best, kept sorted
             higher = torch.maximum(ranked[i], zncc)

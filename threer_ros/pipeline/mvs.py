@@ -59,11 +59,15 @@ class PlaneSweepSettings:
         neighbours: Source cameras per reference camera (nearest camera centres).
         best_neighbours: How many of the best-scoring neighbours are averaged per hypothesis.
         window: Side of the ZNCC window in pixels (odd), at every level.
+        wide_window: Side of the ZNCC window (odd) at the refinement levels where the
+            reference's ``window`` has a grey-level standard deviation below ``wide_below``
+            (0..255): weak texture is matched over more pixels.
+        wide_below: See ``wide_window``.
         min_uniqueness: Smallest lead of the best coarse score over the best score more than
             two planes away (ambiguous matches below).
         min_zncc: Smallest mean ZNCC over a depth's agreeing views.
-        min_texture: Smallest grey-level standard deviation (0..255) of a pixel's window, at
-            its best level (blank background, saturated areas are discarded).
+        min_texture: Smallest grey-level standard deviation (0..255) of a pixel's ``window``
+            at full resolution (blank background, saturated areas are discarded).
         consistency: Largest relative depth difference with another camera's depth map for
             the two to agree.
         min_consistent: Other cameras that must agree with a depth for it to be kept.
@@ -74,13 +78,16 @@ class PlaneSweepSettings:
     planes: int = 96
     coarse_width: int = 48
     refine_steps: int = 2
+    final_passes: int = 2
     depth_range: tuple[float, float] = (0.0, 0.0)
     neighbours: int = 4
     best_neighbours: int = 2
     window: int = 7
+    wide_window: int = 15
+    wide_below: float = 8.0
     min_uniqueness: float = 0.02
     min_zncc: float = 0.6
-    min_texture: float = 3.0
+    min_texture: float = 1.0
     consistency: float = 0.01
     min_consistent: int = 2
     voxel_size: float = 0.002
@@ -202,26 +209,34 @@ class PlaneSweepReconstructor:
         plane = torch.arange(s.planes, device=dev)[:, None, None]
         rival = torch.where((plane - best).abs() > 2, cost, -1.0).amax(0)
         valid = (best > 0) & (best < s.planes - 1) & (score - rival >= s.min_uniqueness)
-        textured = window_std(grey[ref], s.window) * 255 >= s.min_texture
         total = score
         offsets = torch.arange(-s.refine_steps, s.refine_steps + 1, device=dev).float()
-        for grey, K in reversed(pyramid[:-1]):
+        passes = list(reversed(pyramid[:-1])) + [pyramid[0]] * (s.final_passes - 1)
+        for grey, K in passes:
             H, W = grey.shape[-2:]
             step /= 2
             coarse = inv[None, None]
             seeds = torch.cat([coarse, -F.max_pool2d(-coarse, 3, 1, 1),
                                F.max_pool2d(coarse, 3, 1, 1)], 1)
             seeds = F.interpolate(seeds, size=(H, W), mode="nearest")[0]      # (3, H, W)
-            stack = torch.stack([valid, textured, total]).float()[None]
-            valid, textured, total = F.interpolate(stack, size=(H, W), mode="nearest")[0]
-            valid, textured = valid > 0, (textured > 0) | (
-                window_std(grey[ref], s.window) * 255 >= s.min_texture)
+            stack = torch.stack([valid, total]).float()[None]
+            valid, total = F.interpolate(stack, size=(H, W), mode="nearest")[0]
+            valid = valid > 0
             hypotheses = (seeds[:, None] + step * offsets[:, None, None]).reshape(-1, H * W)
             hypotheses = hypotheses.clamp(1.0 / far, 1.0 / near)
-            cost = zncc_cost(grey, ref, sources, K, T, hypotheses, s.window, s.best_neighbours)
+            cost = zncc_cost(grey, ref, sources, K, T, hypotheses, self._window(grey[ref]),
+                             s.best_neighbours)
             inv, score, _ = _refine(cost, hypotheses, step, len(offsets))
             total = total + score
-        return inv, total / len(pyramid), valid & textured
+        textured = window_std(grey[ref], s.window) * 255 >= s.min_texture
+        return inv, total / (1 + len(passes)), valid & textured
+
+
+    def _window(self, grey: torch.Tensor) -> torch.Tensor:
+        """Window side per pixel of an (H, W) grey image in [0, 1] (see ``wide_window``)."""
+        s = self.settings
+        weak = window_std(grey, s.window) * 255 < s.wide_below
+        return torch.where(weak, s.wide_window, s.window)
 
 
 def _refine(cost: torch.Tensor, hypotheses: torch.Tensor, step: float, run: int = 0
