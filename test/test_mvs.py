@@ -14,19 +14,21 @@ from threer_ros.pipeline.mvs import PlaneSweepReconstructor, PlaneSweepSettings
 from threer_ros.pipeline.types import FrameSet
 from threer_ros.quality import evaluate
 
-#: At 96 px wide (about 2 mm per pixel at the head): measured median 0.72 mm, mean 1.1 mm,
-#: completeness 97.5 % within 5 mm. A 1-degree calibration error gives MEASURED.
+#: At 96 px wide (about 2 mm per pixel at the head): measured median 0.70 mm, mean 1.3 mm,
+#: completeness 98 % within 5 mm. A 1-degree calibration error gives 10.9 mm and 11 %.
 MEDIAN_MAX_M = 0.0025
 MEAN_MAX_M = 0.004
 COMPLETENESS_MIN = 0.85
 
 #: Per variant at 96 px, seed 1: largest median error (m), smallest fraction of points within
-#: 5 mm, smallest completeness at 5 mm (measured: see docs/backends.md for 192 px).
+#: 5 mm, smallest completeness at 5 mm. Measured: smooth 2.4 mm, 80 %, 95 %; fine 0.8 mm,
+#: 93 %, 97 %; wall 0.6 mm, 99 %, 97 %; smooth_wall 2.0 mm, 85 %, 94 %; off_centre 0.7 mm, 99 %,
+#: 96 %; scale 0.9 mm, 93 %, 97 %; dark 0.8 mm, 94 %, 98 % (seed 0: docs/backends.md).
 VARIANT_LIMITS = {
-    "smooth": (0.003, 0.75, 0.85),
+    "smooth": (0.003, 0.75, 0.88),
     "fine": (0.0015, 0.85, 0.90),
     "wall": (0.0015, 0.90, 0.90),
-    "smooth_wall": (0.003, 0.75, 0.85),
+    "smooth_wall": (0.0025, 0.8, 0.88),
     "off_centre": (0.0015, 0.90, 0.90),
     "scale": (0.002, 0.85, 0.90),
     "dark": (0.0015, 0.88, 0.90),
@@ -83,8 +85,8 @@ def test_uncalibrated_input_is_refused_naming_the_cameras(rig, backend):
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "base"])
 def test_every_scene_variant_is_accurate_and_complete(variant):
-    """Background, weak and fine texture, off-centre subject, scale, dark cameras (96 px:
-    measured in the comments of :data:`VARIANT_LIMITS`)."""
+    """Background, weak and fine texture, off-centre subject, scale, dark cameras (96 px; the
+    limits of :data:`VARIANT_LIMITS`)."""
     rig = SyntheticRig.render(seed=1, width=96, scene=variant)
     values = evaluate(rig, PlaneSweepReconstructor().reconstruct(rig.frame_set(0)))
     median, inliers, completeness = VARIANT_LIMITS[variant]
@@ -95,14 +97,15 @@ def test_every_scene_variant_is_accurate_and_complete(variant):
 def test_a_wall_is_reconstructed_where_it_is_or_rejected_never_fused_in_front():
     """With the range from the calibration the wall is found; with a range that ends before
     it (``depth_range``), it is rejected: in neither case are points fused between subject
-    and wall."""
+    and wall, more than 3 cm off both (measured 0.01 % and 0.06 %; the sweep before issue 16:
+    0.13 %, with 5 % of the wall found inside its +-20 % range)."""
     rig = SyntheticRig.render(seed=1, width=96, scene="smooth_wall")
     x_wall = -rig.scene.wall
     for settings, wall_found in ((PlaneSweepSettings(), True),
                                  (PlaneSweepSettings(depth_range=(0.7, 1.15)), False)):
         points = PlaneSweepReconstructor(settings).reconstruct(rig.frame_set(0)).points
-        on_wall = np.abs(points[:, 0] - x_wall) < 0.01
-        on_subject = np.abs(signed_distance(points)) < 0.01
-        floating = ~on_wall & ~on_subject
-        assert floating.mean() < 0.01
-        assert (on_wall.mean() > 0.1) == wall_found
+        on_wall = np.abs(points[:, 0] - x_wall) < 0.03
+        on_subject = np.abs(signed_distance(points)) < 0.03
+        assert (~on_wall & ~on_subject).mean() < 0.005
+        assert on_wall.mean() > (0.05 if wall_found else 0.0) and \
+            on_wall.mean() < (1.0 if wall_found else 0.01)

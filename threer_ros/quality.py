@@ -59,13 +59,13 @@ def _wall_points(rig: SyntheticRig, index: int) -> np.ndarray:
     return backproject_depth(np.where(view.subject, np.nan, view.depth), view.calibration)
 
 
-def error_colours(rig: SyntheticRig, recon: Reconstruction, threshold: float = 0.005
-                  ) -> np.ndarray:
+def error_colours(rig: SyntheticRig, points: np.ndarray, colors: np.ndarray,
+                  threshold: float = 0.005) -> np.ndarray:
     """The cloud's colours, red where a point is farther than ``threshold`` from the truth."""
     from scipy.spatial import cKDTree
 
-    distance, _ = cKDTree(rig.surface_points(TRUTH_POINTS)).query(recon.points)
-    colours = recon.colors.copy()
+    distance, _ = cKDTree(rig.surface_points(TRUTH_POINTS)).query(points)
+    colours = colors.copy()
     colours[distance > threshold] = (255, 0, 0)
     return colours
 
@@ -82,16 +82,18 @@ def measure(backend: Reconstructor, variant: str, width: int, seed: int = 0
     return rig, recon, {**evaluate(rig, recon), **timing}
 
 
-def preview(rig: SyntheticRig, recons: list[Reconstruction]) -> list[np.ndarray]:
-    """Panels: the upper-row middle camera's image, then each cloud rendered from that camera
-    with its error colours (red: more than 5 mm off)."""
+def preview(rig: SyntheticRig, clouds: list[tuple[np.ndarray, np.ndarray]], zoom: int = 2
+            ) -> list[np.ndarray]:
+    """Panels: the upper-row middle camera's image, then each cloud (points, colours) rendered
+    from that camera at ``zoom`` times its size, red where a point is more than 5 mm off."""
     from threer_ros.data.preview import render_points
 
     view = rig.views[len(rig.views) // 4]
     height, width = view.image.shape[:2]
-    return [view.image] + [render_points(r.points, error_colours(rig, r), view.calibration
-                                         .cam_to_rig, view.calibration.K, (height, width),
-                                         splat=2) for r in recons]
+    seen = view.calibration.scaled_to(zoom * width, zoom * height)
+    return [view.image] + [render_points(points, error_colours(rig, points, colors),
+                                         seen.cam_to_rig, seen.K, (zoom * height, zoom * width),
+                                         splat=zoom + 1) for points, colors in clouds]
 
 
 def format_row(variant: str, width: int, values: dict[str, float]) -> str:
@@ -121,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
                 from threer_ros.data.preview import save_preview
 
                 args.previews.mkdir(parents=True, exist_ok=True)
-                save_preview(args.previews / f"mvs_{variant}_{width}.png", preview(rig, [recon]))
+                save_preview(args.previews / f"mvs_{variant}_{width}.png",
+                             preview(rig, [(recon.points, recon.colors)]), palette=64)
     if args.json:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows},
                                         indent=2))
