@@ -88,7 +88,7 @@ class PlaneSweepSettings:
     min_uniqueness: float = 0.02
     min_zncc: float = 0.6
     min_texture: float = 1.0
-    consistency: float = 0.01
+    consistency: float = 0.003
     min_consistent: int = 2
     voxel_size: float = 0.002
     device: str = "cpu"
