@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from threer_ros.data.synthetic import VARIANTS, SyntheticRig
+from threer_ros.data.synthetic import VARIANTS, SyntheticRig, backproject_depth
 from threer_ros.geometry.fusion import accuracy_completeness
 from threer_ros.pipeline.types import Reconstruction, Reconstructor
 
@@ -53,8 +53,6 @@ def evaluate(rig: SyntheticRig, recon: Reconstruction, threshold: float = 0.005
 
 def _wall_points(rig: SyntheticRig, index: int) -> np.ndarray:
     """Rig-frame points of the wall seen by camera ``index``."""
-    from threer_ros.data.synthetic import backproject_depth
-
     view = rig.views[index]
     return backproject_depth(np.where(view.subject, np.nan, view.depth), view.calibration)
 

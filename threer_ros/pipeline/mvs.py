@@ -13,23 +13,24 @@ For every camera (the reference) and its ``neighbours`` nearest cameras (by came
    refined with a parabola fit. Pixels whose best plane is at the range's edge, or whose cost
    curve has a second peak within ``min_uniqueness`` of the best (an ambiguous match), are
    rejected.
-3. **Refinement.** At each finer level (twice the resolution) every pixel tests
-   ``2 * refine_steps + 1`` inverse depths around three seeds (its up-sampled depth, and the
-   nearest and farthest of its 3 x 3 coarse neighbourhood, so that depth edges are found at
-   the fine resolution), with steps halving level by level.
+3. **Refinement.** At each finer level (twice the resolution), and ``final_passes - 1`` more
+   times at full resolution, every pixel tests ``2 * refine_steps + 1`` inverse depths around
+   three seeds (its previous depth, and the nearest and farthest of its 3 x 3 neighbourhood:
+   depth edges and weakly textured pixels take up their neighbours' depths, a propagation),
+   with steps halving pass by pass. Where the reference's ``window`` holds little texture
+   (standard deviation below ``wide_below``) the ZNCC window is ``wide_window`` wide.
 
-Depths are then filtered: the window's grey-level standard deviation must reach
-``min_texture`` at some level, and a depth must be confirmed both ways by at least
-``min_consistent`` other cameras (its point lands on their depth within ``consistency`` and
-theirs comes back within one pixel), with a mean ZNCC over the agreeing views of at least
-``min_zncc``. The agreeing views' points are averaged, fused into one coloured cloud in the
-rig frame, and that mean ZNCC is each point's confidence. Needs intrinsics and camera-to-rig
-poses for every frame.
+Depths are then filtered: the full-resolution window's grey-level standard deviation must
+reach ``min_texture``, and a depth must be confirmed both ways by at least ``min_consistent``
+other cameras (its point lands on their depth within ``consistency`` and theirs comes back
+within one pixel and ``consistency``), with a mean ZNCC over the pixel and its agreeing views
+(its own score: the mean over the passes) of at least ``min_zncc``. The agreeing views' points
+are averaged, fused into one coloured cloud in the rig frame, and that mean ZNCC is each
+point's confidence. Needs intrinsics and camera-to-rig poses for every frame.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 
@@ -54,6 +55,7 @@ class PlaneSweepSettings:
         coarse_width: The images are halved while they stay at least this wide (pixels); the
             sweep starts on the smallest.
         refine_steps: Steps on each side of a seed at each finer level.
+        final_passes: Refinement passes at full resolution (1 = only the level's own).
         depth_range: Near and far depth (metres along each camera's optical axis) of the
             sweep; ``(0, 0)`` = :data:`AUTO_RANGE` times the distance to the convergence point.
         neighbours: Source cameras per reference camera (nearest camera centres).
@@ -193,7 +195,7 @@ class PlaneSweepReconstructor:
     def _depth(self, ref: int, sources: list[int], pyramid: list[tuple[torch.Tensor,
                torch.Tensor]], T: torch.Tensor, near: float, far: float
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Inverse depth (1/metres), score (mean ZNCC over the levels) and validity (interior,
+        """Inverse depth (1/metres), score (mean ZNCC over the passes) and validity (interior,
         unambiguous, textured) of every pixel of camera ``ref`` at the finest level (H, W
         each), from the grey pyramid (fine to coarse, images (N, H, W) in [0, 1] with their
         float64 intrinsics) and the camera-to-rig poses T (N, 4, 4)."""
@@ -230,7 +232,6 @@ class PlaneSweepReconstructor:
             total = total + score
         textured = window_std(grey[ref], s.window) * 255 >= s.min_texture
         return inv, total / (1 + len(passes)), valid & textured
-
 
     def _window(self, grey: torch.Tensor) -> torch.Tensor:
         """Window side per pixel of an (H, W) grey image in [0, 1] (see ``wide_window``)."""
