@@ -17,18 +17,14 @@ from threer_ros.geometry.cameras import backproject, pixel_rays, pixel_to_grid_m
 
 def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
     """Sum over the ``window x window`` neighbourhood of every pixel of ``(..., H, W)``, with
-    zeros beyond the border (separable shifted adds: cheaper than pooling on CPU)."""
+    zeros beyond the border (differences of running sums along each axis: four operations
+    whatever the window, few kernel launches on a GPU)."""
     r = window // 2
     H, W = x.shape[-2:]
-    padded = F.pad(x, (r, r))
-    rows = padded[..., 0:W].clone()
-    for shift in range(1, window):
-        rows += padded[..., shift:shift + W]
-    padded = F.pad(rows, (0, 0, r, r))
-    out = padded[..., 0:H, :].clone()
-    for shift in range(1, window):
-        out += padded[..., shift:shift + H, :]
-    return out
+    running = F.pad(x, (r + 1, r)).cumsum(-1)
+    rows = running[..., window:] - running[..., :W]
+    running = F.pad(rows, (0, 0, r + 1, r)).cumsum(-2)
+    return running[..., window:, :] - running[..., :H, :]
 
 
 def window_std(grey: torch.Tensor, window: int) -> torch.Tensor:
