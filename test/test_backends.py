@@ -28,3 +28,11 @@ def test_devices_resolve_and_a_missing_gpu_is_explained():
         resolve_device("cuda:1")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         resolve_device("tpu")
+
+
+def test_mvs_depth_range_comes_from_the_parameters():
+    backend = make_reconstructor("mvs", BackendOptions(device="cpu",
+                                                       mvs_depth_range=[0.5, 2.0]))
+    assert backend.settings.depth_range == (0.5, 2.0)
+    with pytest.raises(ValueError, match="depth_range"):
+        make_reconstructor("mvs", BackendOptions(device="cpu", mvs_depth_range=[2.0, 0.5]))

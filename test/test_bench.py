@@ -76,3 +76,14 @@ def test_bench_parity_names_a_missing_fixtures_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--fixtures {tmp_path}: no parity fixtures there" in err
     assert "relative to the current directory" in err
+
+
+def test_bench_mvs_quality_reports_error_inliers_completeness_and_writes_previews(tmp_path):
+    report = tmp_path / "quality.json"
+    assert main(["bench", "mvs-quality", "--variants", "wall", "--widths", "64",
+                 "--device", "cpu", "--previews", str(tmp_path), "--json", str(report)]) == 0
+    (row,) = json.loads(report.read_text())["rows"]
+    assert row["variant"] == "wall" and row["width"] == 64 and row["points"] > 0
+    assert 0 < row["median_m"] < 0.005 and 0.5 < row["inliers"] <= 1
+    assert 0.5 < row["completeness"] <= 1 and 0 < row["wall_completeness"] <= 1
+    assert (tmp_path / "mvs_wall_64.png").stat().st_size > 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from threer_ros.data.synthetic import SyntheticRig, backproject_depth, signed_distance
+from threer_ros.data.synthetic import (VARIANTS, Scene, SyntheticRig, backproject_depth,
+                                      signed_distance)
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +52,27 @@ def test_sixteen_cameras_in_two_rows_on_an_arc_looking_at_the_head(rig):
     np.testing.assert_allclose(axes, -centres, atol=1e-9)  # every camera looks at the origin
     h, w = rig.views[0].image.shape[:2]
     assert h > w                                            # portrait, like the real rig
+
+
+def test_scene_variants_have_exact_ground_truth_on_subject_and_wall():
+    scene = Scene(wall=0.3, offset=(0.02, 0.03, -0.01), scale=1.5, dark_cameras=(1,),
+                  supersample=3)
+    rig = SyntheticRig.render(seed=3, width=32, count=4, scene=scene)
+    plain = SyntheticRig.render(seed=3, width=32, count=4, scene=Scene(scale=1.5, wall=0.3))
+    for view in rig.views:
+        assert view.subject.any() and (~view.subject).any()
+        assert np.isfinite(view.depth).all()                  # the wall fills the background
+        head = backproject_depth(np.where(view.subject, view.depth, np.nan), view.calibration)
+        in_head_units = (head - np.array(scene.offset) * 1.5) / 1.5
+        assert np.abs(signed_distance(in_head_units)).max() < 1e-4
+        wall = backproject_depth(np.where(view.subject, np.nan, view.depth), view.calibration)
+        np.testing.assert_allclose(wall[:, 0], -0.3 * 1.5, atol=1e-5)
+    assert np.linalg.norm(rig.views[0].calibration.cam_to_rig[:3, 3]) == pytest.approx(1.5)
+    assert rig.views[1].image.mean() < 0.5 * plain.views[1].image.mean()   # a dark camera
+
+
+def test_named_variants_render_and_base_is_the_default_scene():
+    assert set(VARIANTS) >= {"base", "smooth", "fine", "wall", "off_centre", "scale", "dark"}
+    default = SyntheticRig.render(seed=5, width=32, count=2)
+    base = SyntheticRig.render(seed=5, width=32, count=2, scene="base")
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(default.views, base.views))

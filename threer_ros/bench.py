@@ -11,6 +11,9 @@ median time of each stage and the peak GPU memory (network backends: the release
 architecture's time with random weights, the alignment of ground-truth pointmaps; see
 :class:`ReleasedWithOracle`; with ``--weights`` the real network does both).
 
+``bench mvs-quality`` measures the ``mvs`` backend against the ground truth of the synthetic
+scene variants (:mod:`threer_ros.quality`).
+
 ``bench parity`` runs the parity fixtures on the device in fp32 and bf16 and reports the largest
 error against the official outputs, relative to each output's range.
 """
@@ -34,6 +37,7 @@ import torch
 from threer_ros.cli import command_parser
 from threer_ros.models import build_model, compile_blocks
 from threer_ros.models.released import RELEASED
+from threer_ros.quality import add_arguments as add_quality_arguments
 
 #: Precision modes: name -> (parameter dtype, autocast dtype or None). ``bf16`` casts the
 #: weights; ``bf16-amp`` keeps fp32 weights and runs matrix products in bf16 under autocast.
@@ -383,6 +387,10 @@ def environment() -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.what == "mvs-quality":
+        from threer_ros.quality import run
+
+        return run(args)
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     networks = [b for b in args.backends if b != "mvs"] if args.what == "backends" \
@@ -470,13 +478,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros bench``."""
     p = command_parser(subparsers, "bench",
                        "measure networks and backends (speed, numerics)", __doc__)
-    p.add_argument("what", choices=["models", "backends", "parity"],
+    p.add_argument("what", choices=["models", "backends", "parity", "mvs-quality"],
                    help="models: forward time and memory; backends: stage timings of the "
                         "reconstruction backends on the synthetic rig; parity: error of "
-                        "fp32/bf16 on the parity fixtures against the official outputs")
+                        "fp32/bf16 on the parity fixtures against the official outputs; "
+                        "mvs-quality: the mvs backend's error and completeness on every "
+                        "synthetic scene variant")
     p.add_argument("--backends", nargs="+", default=["mvs"], help="backends for 'backends'")
     p.add_argument("--widths", nargs="+", type=int, default=[320],
-                   help="image widths for 'backends' (portrait cameras)")
+                   help="image widths for 'backends' and 'mvs-quality' (portrait cameras)")
     p.add_argument("--cameras", nargs="+", type=int, default=[16],
                    help="camera counts for 'backends' (default 16)")
     p.add_argument("--alignments", nargs="+", default=["fast", "full"],
@@ -515,4 +525,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    add_quality_arguments(p)
     p.set_defaults(func=_run)

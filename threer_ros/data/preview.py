@@ -38,8 +38,9 @@ def render_points(points: np.ndarray, colors: np.ndarray, cam_to_world: np.ndarr
     return image
 
 
-def save_preview(path: str | Path, panels: list[np.ndarray]) -> None:
-    """Save images side by side (scaled to the tallest panel's height) as one PNG."""
+def save_preview(path: str | Path, panels: list[np.ndarray], palette: int = 0) -> None:
+    """Save images side by side (scaled to the tallest panel's height) as one PNG; with
+    ``palette > 0`` in that many colours (a smaller file, e.g. for documentation)."""
     height = max(p.shape[0] for p in panels)
     scaled = []
     for panel in panels:
@@ -48,4 +49,7 @@ def save_preview(path: str | Path, panels: list[np.ndarray]) -> None:
         if h != height:
             img = img.resize((round(w * height / h), height), Image.LANCZOS)
         scaled.append(np.asarray(img))
-    Image.fromarray(np.concatenate(scaled, axis=1)).save(path)
+    image = Image.fromarray(np.concatenate(scaled, axis=1))
+    if palette > 0:
+        image = image.quantize(palette)
+    image.save(path, optimize=True)

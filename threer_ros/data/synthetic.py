@@ -3,6 +3,9 @@
 Scene: a head-sized union of ellipsoids (skull, face, nose, ears, neck; about 0.17 m wide,
 0.24 m tall) with a seeded procedural colour texture and Lambertian shading under a fixed
 light (so colours do not depend on the viewpoint), in front of an empty (black) background.
+:class:`Scene` varies it (smoother or finer texture, a textured wall behind the subject, the
+subject off centre, another scale, darker cameras, noise); :data:`VARIANTS` names the variants
+the ``mvs`` backend is measured on, each with its ground truth (depth and subject masks).
 
 Rig frame (``rig``, metres, REP-103 body axes): origin at the head centre, x forward (out of
 the face, towards the cameras), y to the subject's left, z up. Cameras sit on a sphere of
@@ -16,7 +19,7 @@ Rendering is exact ray casting of the ellipsoids (no iterations), vectorised in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +41,56 @@ LIGHT = np.array([0.8, 0.3, 0.5]) / np.linalg.norm([0.8, 0.3, 0.5])
 
 
 @dataclass(frozen=True)
+class Scene:
+    """What the rig looks at and how it sees it; the defaults are the plain head.
+
+    Lengths are in head units: metres of the default scene, all multiplied by ``scale`` (the
+    head, the wall, the offset and the camera distance), so a scaled scene gives the same
+    images at another metric size.
+
+    Attributes:
+        texture_scale: Multiplies the texture's spatial frequencies (< 1 smoother, > 1 finer).
+        texture_contrast: Multiplies the albedo's variation about its mean (skin: low).
+        wall: Distance behind the head centre (along -x) of a textured wall facing the
+            cameras (an infinite plane that fills the background); 0 = no wall (black).
+        offset: Head centre in the rig frame (the cameras still aim at the rig origin).
+        scale: Metric size of the whole scene relative to the default.
+        dark_cameras: Indices of cameras whose image is multiplied by ``dark_gain``.
+        dark_gain: Exposure factor of the dark cameras.
+        noise: Standard deviation of Gaussian pixel noise in grey levels (after the gain).
+        supersample: Samples per pixel side (odd), averaged (pixel integration: no texture
+            aliasing); the depth is the pixel centre's.
+    """
+
+    texture_scale: float = 1.0
+    texture_contrast: float = 1.0
+    wall: float = 0.0
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale: float = 1.0
+    dark_cameras: tuple[int, ...] = ()
+    dark_gain: float = 0.35
+    noise: float = 0.0
+    supersample: int = 1
+
+
+#: Named variants of the scene (see :class:`Scene`): the plain head, and what real captures
+#: bring (skin-like smooth texture, fine texture, a background wall, an off-centre subject,
+#: another scale, under-exposed cameras). Variants other than ``base`` integrate each pixel
+#: over 3 x 3 samples and have 1 grey level of noise.
+VARIANTS: dict[str, Scene] = {
+    "base": Scene(),
+    "smooth": Scene(texture_scale=0.15, texture_contrast=0.5, noise=1.0, supersample=3),
+    "fine": Scene(texture_scale=3.0, noise=1.0, supersample=3),
+    "wall": Scene(wall=0.3, noise=1.0, supersample=3),
+    "smooth_wall": Scene(texture_scale=0.15, texture_contrast=0.5, wall=0.2, noise=1.0,
+                         supersample=3),
+    "off_centre": Scene(offset=(0.02, 0.035, -0.03), wall=0.5, noise=1.0, supersample=3),
+    "scale": Scene(scale=1.5, noise=1.0, supersample=3),
+    "dark": Scene(dark_cameras=(2, 5, 11, 12), noise=1.5, supersample=3),
+}
+
+
+@dataclass(frozen=True)
 class SyntheticView:
     """One rendered camera.
 
@@ -46,12 +99,15 @@ class SyntheticView:
         image: H x W x 3 uint8 RGB.
         depth: H x W float32 depth along the optical z axis in metres; NaN where no surface.
         calibration: Intrinsics and camera-to-rig pose (metres).
+        subject: H x W bool, True where the pixel sees the subject (not the wall); None:
+            wherever ``depth`` is finite.
     """
 
     name: str
     image: np.ndarray
     depth: np.ndarray
     calibration: CameraCalibration
+    subject: np.ndarray | None = None
 
 
 def rig_poses(count: int, distance: float = 1.0, azimuth_span_deg: float = 93.0,
@@ -81,16 +137,18 @@ def intrinsics(width: int, field_height_m: float = 0.30, distance: float = 1.0
     return K, height
 
 
-def _texture(points: torch.Tensor, seed: int) -> torch.Tensor:
-    """Seeded procedural RGB albedo in [0.15, 0.95] at (N, 3) surface points (metres)."""
+def _texture(points: torch.Tensor, seed: int, scale: float = 1.0, contrast: float = 1.0
+             ) -> torch.Tensor:
+    """Seeded procedural RGB albedo in [0.15, 0.95] at (N, 3) surface points (metres), its
+    spatial frequencies multiplied by ``scale`` and its variation by ``contrast``."""
     g = torch.Generator().manual_seed(seed)
     freqs = torch.randn(24, 3, generator=g, dtype=torch.float64)
-    freqs = freqs / freqs.norm(dim=1, keepdim=True) * (2 * np.pi) * \
+    freqs = freqs / freqs.norm(dim=1, keepdim=True) * (2 * np.pi * scale) * \
         torch.linspace(15.0, 160.0, 24, dtype=torch.float64)[:, None]
     phases = torch.rand(24, generator=g, dtype=torch.float64) * 2 * np.pi
     mix = torch.rand(24, 3, generator=g, dtype=torch.float64) - 0.5
     waves = torch.sin(points @ freqs.T + phases)                 # (N, 24)
-    colour = 0.55 + (waves @ mix) / 3.0
+    colour = 0.55 + contrast * (waves @ mix) / 3.0
     return colour.clamp(0.15, 0.95)
 
 
@@ -116,26 +174,55 @@ def intersect_head(origins: torch.Tensor, dirs: torch.Tensor
     return best, normal
 
 
-def render_view(K: np.ndarray, width: int, height: int, cam_to_rig: np.ndarray, seed: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Render RGB (uint8) and depth (float32 metres, NaN = background) of one camera."""
+def _cast(scene: Scene, origins: torch.Tensor, dirs: torch.Tensor, seed: int
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ray parameter of the nearest hit (inf: none), linear RGB in [0, 1] and a subject mask
+    of rays ``origins + t dirs`` (rig frame, metres) through ``scene``."""
+    centre = torch.tensor(scene.offset, dtype=dirs.dtype) * scene.scale
+    t, normal = intersect_head((origins - centre) / scene.scale, dirs / scene.scale)
+    subject = torch.isfinite(t)
+    rgb = torch.zeros(dirs.shape, dtype=torch.float64)
+    head = (origins[subject] - centre) / scene.scale + t[subject, None] * dirs[subject] / \
+        scene.scale
+    albedo = _texture(head, seed, scene.texture_scale, scene.texture_contrast)
+    shade = 0.35 + 0.65 * (normal[subject] @ torch.from_numpy(LIGHT)).clamp(min=0)
+    rgb[subject] = albedo * shade[:, None]
+    if scene.wall > 0:
+        x_wall = -scene.wall * scene.scale
+        t_wall = (x_wall - origins[:, 0]) / dirs[:, 0]
+        wall = ~subject & (dirs[:, 0] < 0) & (t_wall > 0)
+        t = torch.where(wall, t_wall, t)
+        on_wall = (origins[wall] + t_wall[wall, None] * dirs[wall]) / scene.scale
+        shade = 0.35 + 0.65 * float(LIGHT[0])
+        rgb[wall] = _texture(on_wall, seed + 1) * shade
+    return t, rgb, subject
+
+
+def render_view(K: np.ndarray, width: int, height: int, cam_to_rig: np.ndarray, seed: int,
+                scene: Scene = Scene()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render RGB (uint8, before gain and noise), depth (float32 metres, NaN = background) and
+    the subject mask (bool) of one camera."""
     v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64),
                           torch.arange(width, dtype=torch.float64), indexing="ij")
-    pix = torch.stack([u.ravel(), v.ravel(), torch.ones(u.numel(), dtype=torch.float64)], -1)
-    rays_cam = pix @ torch.from_numpy(np.linalg.inv(K)).T          # z = 1
     R = torch.from_numpy(cam_to_rig[:3, :3])
     centre = torch.from_numpy(cam_to_rig[:3, 3])
-    dirs = rays_cam @ R.T
-    t, normal = intersect_head(centre.expand_as(dirs), dirs)
-    hit = torch.isfinite(t)
-    points = centre + t[:, None] * dirs
-    albedo = _texture(points[hit], seed)
-    shade = 0.35 + 0.65 * (normal[hit] @ torch.from_numpy(LIGHT)).clamp(min=0)
-    rgb = torch.zeros(dirs.shape, dtype=torch.float64)
-    rgb[hit] = albedo * shade[:, None]
-    depth = torch.where(hit, t, torch.tensor(float("nan"), dtype=torch.float64))  # z = 1 rays
+    K_inv = torch.from_numpy(np.linalg.inv(K))
+    n = scene.supersample
+    shifts = [(k - (n - 1) / 2) / n for k in range(n)]
+    rgb = torch.zeros(height * width, 3, dtype=torch.float64)
+    for du in shifts:
+        for dv in shifts:
+            pix = torch.stack([u.ravel() + du, v.ravel() + dv,
+                               torch.ones(u.numel(), dtype=torch.float64)], -1)
+            dirs = pix @ K_inv.T @ R.T                                     # z = 1 rays
+            t, sample, subject = _cast(scene, centre.expand_as(dirs), dirs, seed)
+            rgb += sample / n ** 2
+            if du == dv == 0:
+                depth, mask = t, subject
+    depth = torch.where(torch.isfinite(depth), depth, float("nan"))
     image = (rgb * 255).round().clamp(0, 255).to(torch.uint8).reshape(height, width, 3)
-    return image.numpy(), depth.reshape(height, width).to(torch.float32).numpy()
+    return (image.numpy(), depth.reshape(height, width).to(torch.float32).numpy(),
+            mask.reshape(height, width).numpy())
 
 
 @dataclass(frozen=True)
@@ -144,11 +231,13 @@ class SyntheticRig:
 
     views: tuple[SyntheticView, ...]
     seed: int
+    scene: Scene = field(default_factory=Scene)
 
     @classmethod
     def render(cls, seed: int = 0, width: int = 320,
                names: list[str] | tuple[str, ...] | None = None, count: int = 16,
-               distance: float = 1.0, image_noise: float = 0.0) -> "SyntheticRig":
+               distance: float = 1.0, image_noise: float = 0.0,
+               scene: Scene | str = "base") -> "SyntheticRig":
         """Render the rig deterministically from ``seed``.
 
         Args:
@@ -156,26 +245,42 @@ class SyntheticRig:
             width: Image width in pixels (height follows the NeRSemble aspect ratio).
             names: Camera names (defaults ``cam_00`` ...); their number sets the camera count.
             count: Number of cameras when ``names`` is None.
-            distance: Camera distance to the head centre in metres.
-            image_noise: Standard deviation of Gaussian pixel noise, in grey levels.
+            distance: Camera distance to the rig origin in head units (metres at scale 1).
+            image_noise: Standard deviation of Gaussian pixel noise, in grey levels (added to
+                the scene's own ``noise``).
+            scene: A :class:`Scene` or the name of one of :data:`VARIANTS`.
         """
+        scene = VARIANTS[scene] if isinstance(scene, str) else scene
+        if scene.supersample < 1 or scene.supersample % 2 == 0:
+            raise ValueError(f"supersample must be odd and positive, got {scene.supersample}")
         names = tuple(names) if names is not None else tuple(f"cam_{i:02d}" for i in range(count))
-        K, height = intrinsics(width, distance=distance)
+        K, height = intrinsics(width, 0.30 * scene.scale, distance * scene.scale)
+        noise = np.hypot(image_noise, scene.noise)
         rng = np.random.default_rng(seed)
         views = []
-        for name, pose in zip(names, rig_poses(len(names), distance)):
-            image, depth = render_view(K, width, height, pose, seed)
-            if image_noise > 0:
-                noisy = image + rng.normal(0.0, image_noise, image.shape)
+        for i, (name, pose) in enumerate(zip(names, rig_poses(len(names),
+                                                              distance * scene.scale))):
+            image, depth, subject = render_view(K, width, height, pose, seed, scene)
+            if i in scene.dark_cameras:
+                image = np.round(image * scene.dark_gain).astype(np.uint8)
+            if noise > 0:
+                noisy = image + rng.normal(0.0, noise, image.shape)
                 image = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
             views.append(SyntheticView(name, image, depth,
                                        CameraCalibration(K.copy(), width, height,
-                                                         cam_to_rig=pose)))
-        return cls(tuple(views), seed)
+                                                         cam_to_rig=pose), subject))
+        return cls(tuple(views), seed, scene)
 
-    def surface_points(self, max_points: int = 200_000) -> np.ndarray:
-        """Ground-truth surface points seen by the cameras (rig frame, metres), subsampled."""
-        clouds = [backproject_depth(v.depth, v.calibration) for v in self.views]
+    def surface_points(self, max_points: int = 200_000, subject_only: bool = False
+                       ) -> np.ndarray:
+        """Ground-truth surface points seen by the cameras (rig frame, metres), subsampled
+        (seeded); with ``subject_only`` without the wall."""
+        clouds = []
+        for v in self.views:
+            depth = v.depth
+            if subject_only and v.subject is not None:
+                depth = np.where(v.subject, depth, np.nan)
+            clouds.append(backproject_depth(depth, v.calibration))
         points = np.concatenate(clouds)
         if len(points) > max_points:
             points = points[np.random.default_rng(self.seed).choice(len(points), max_points,

@@ -158,24 +158,31 @@ class CloudMetrics:
     Attributes:
         mean: Mean distance of reconstructed points to the nearest ground-truth point.
         median: Median of the same distances.
-        completeness: Fraction of ground-truth points within ``threshold`` of the reconstruction.
-        threshold: The distance used for completeness.
+        completeness: Fraction of the (visible) ground-truth points within ``threshold`` of
+            the reconstruction.
+        threshold: The distance used for completeness and ``inliers``.
+        inliers: Fraction of reconstructed points within ``threshold`` of the ground truth.
     """
 
     mean: float
     median: float
     completeness: float
     threshold: float
+    inliers: float = 0.0
 
 
-def accuracy_completeness(points: np.ndarray, truth: np.ndarray, threshold: float
-                          ) -> CloudMetrics:
-    """Accuracy (reconstruction -> truth) and completeness (truth -> reconstruction)."""
+def accuracy_completeness(points: np.ndarray, truth: np.ndarray, threshold: float,
+                          visible: np.ndarray | None = None) -> CloudMetrics:
+    """Accuracy (reconstruction -> ``truth``) and completeness (``visible`` -> reconstruction;
+    ``visible`` defaults to ``truth``, e.g. a subject's surface while ``truth`` also holds the
+    background the reconstruction may rightly contain)."""
     from scipy.spatial import cKDTree
 
     if len(points) == 0:
-        return CloudMetrics(float("inf"), float("inf"), 0.0, threshold)
+        return CloudMetrics(float("inf"), float("inf"), 0.0, threshold, 0.0)
     to_truth, _ = cKDTree(truth).query(points)
-    to_recon, _ = cKDTree(points).query(truth, distance_upper_bound=threshold)
+    to_recon, _ = cKDTree(points).query(truth if visible is None else visible,
+                                        distance_upper_bound=threshold)
     return CloudMetrics(float(np.mean(to_truth)), float(np.median(to_truth)),
-                        float(np.mean(np.isfinite(to_recon))), threshold)
+                        float(np.mean(np.isfinite(to_recon))), threshold,
+                        float(np.mean(to_truth <= threshold)))

@@ -55,6 +55,8 @@ class BackendOptions:
         compile_network: ``torch.compile`` the network's blocks and heads.
         compile_alignment: ``torch.compile`` the full global alignment's losses (MASt3R,
             Pow3R).
+        mvs_depth_range: ``mvs``: near and far depth (metres along each camera's axis) of the
+            search; ``(0, 0)``: from the calibration (see :mod:`threer_ros.pipeline.mvs`).
     """
 
     device: str = "auto"
@@ -75,6 +77,7 @@ class BackendOptions:
     outlier_std_ratio: float = 2.0
     compile_network: bool = False
     compile_alignment: bool = False
+    mvs_depth_range: tuple[float, float] = (0.0, 0.0)
 
     def fusion_settings(self) -> FusionSettings:
         """The fused cloud's filtering settings."""

@@ -1,18 +1,32 @@
-"""``mvs``: weight-free calibrated multi-view plane-sweep stereo in PyTorch (CPU or GPU).
+"""``mvs``: weight-free calibrated multi-view stereo in PyTorch (CPU or GPU), coarse to fine.
 
-For every camera (the reference) and its nearest neighbours (by camera centre):
+For every camera (the reference) and its ``neighbours`` nearest cameras (by camera centre):
 
-1. sweep ``planes`` fronto-parallel planes, uniform in inverse depth over the range where the
-   rig's optical axes converge, warping each neighbour onto the reference through each plane;
-2. score each plane by the zero-mean normalised cross-correlation (ZNCC of grey levels over
-   ``window`` x ``window`` pixels) and keep the mean of the ``best_neighbours`` best
-   neighbours (robust to occlusion);
-3. take the best plane per pixel and refine it to sub-plane precision with a parabola fit.
+1. **Range.** The depth range comes from the calibration: from half to four times the
+   camera's distance to the point where the rig's optical axes converge (or ``depth_range``),
+   wide enough for a background behind the subject (a studio wall) to be found rather than
+   forced onto the subject.
+2. **Coarse sweep.** On the images halved until about ``coarse_width`` pixels wide (where the
+   windows span more texture), ``planes`` fronto-parallel planes uniform in inverse depth are
+   swept; each plane is scored by the ZNCC of grey levels over ``window`` x ``window`` pixels,
+   mean of the ``best_neighbours`` best neighbours (robust to occlusion), and the best plane is
+   refined with a parabola fit. Pixels whose best plane is at the range's edge, or whose cost
+   curve has a second peak within ``min_uniqueness`` of the best (an ambiguous match), are
+   rejected.
+3. **Refinement.** At each finer level (twice the resolution), and ``final_passes - 1`` more
+   times at full resolution, every pixel tests ``2 * refine_steps + 1`` inverse depths around
+   three seeds (its previous depth, and the nearest and farthest of its 3 x 3 neighbourhood:
+   depth edges and weakly textured pixels take up their neighbours' depths, a propagation),
+   with steps halving pass by pass. Where the reference's ``window`` holds little texture
+   (standard deviation below ``wide_below``) the ZNCC window is ``wide_window`` wide.
 
-Depths are then filtered photometrically (ZNCC and texture thresholds) and geometrically (a
-depth must agree with the depth maps of at least ``min_consistent`` other cameras), and the
-surviving pixels are fused into one coloured cloud in the rig frame with the ZNCC score as
-confidence. Needs intrinsics and camera-to-rig poses for every frame.
+Depths are then filtered: the full-resolution window's grey-level standard deviation must
+reach ``min_texture``, and a depth must be confirmed both ways by at least ``min_consistent``
+other cameras (its point lands on their depth within ``consistency`` and theirs comes back
+within one pixel and ``consistency``), with a mean ZNCC over the pixel and its agreeing views
+(its own score: the mean over the passes) of at least ``min_zncc``. The agreeing views' points
+are averaged, fused into one coloured cloud in the rig frame, and that mean ZNCC is each
+point's confidence. Needs intrinsics and camera-to-rig poses for every frame.
 """
 
 from __future__ import annotations
@@ -24,9 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from threer_ros.geometry.cameras import backproject, pixel_rays, pixel_to_grid_matrix, project
 from threer_ros.geometry.fusion import FusionSettings, voxel_downsample
+from threer_ros.geometry.stereo import cross_check, half_resolution, window_std, zncc_cost
 from threer_ros.pipeline.types import FrameSet, Reconstruction
+
+#: Automatic depth range, as factors of a camera's distance to the rig's convergence point.
+AUTO_RANGE = (0.5, 4.0)
 
 
 @dataclass(frozen=True)
@@ -34,15 +51,25 @@ class PlaneSweepSettings:
     """Parameters of :class:`PlaneSweepReconstructor` (distances in metres).
 
     Attributes:
-        planes: Depth hypotheses per reference camera.
+        planes: Depth hypotheses of the coarse sweep.
+        coarse_width: The images are halved while they stay at least this wide (pixels); the
+            sweep starts on the smallest.
+        refine_steps: Steps on each side of a seed at each finer level.
+        final_passes: Refinement passes at full resolution (1 = only the level's own).
+        depth_range: Near and far depth (metres along each camera's optical axis) of the
+            sweep; ``(0, 0)`` = :data:`AUTO_RANGE` times the distance to the convergence point.
         neighbours: Source cameras per reference camera (nearest camera centres).
-        best_neighbours: How many of the best-scoring neighbours are averaged per plane.
-        window: Side of the ZNCC window in pixels (odd).
-        depth_margin: Half-width of the swept depth range, as a fraction of the distance from
-            the camera to the point where the rig's optical axes converge.
-        min_zncc: Pixels whose best score is below this are discarded.
-        min_texture: Pixels whose window has a smaller grey-level standard deviation (0..255)
-            are discarded (blank background, saturated areas).
+        best_neighbours: How many of the best-scoring neighbours are averaged per hypothesis.
+        window: Side of the ZNCC window in pixels (odd), at every level.
+        wide_window: Side of the ZNCC window (odd) at the refinement levels where the
+            reference's ``window`` has a grey-level standard deviation below ``wide_below``
+            (0..255): weak texture is matched over more pixels.
+        wide_below: See ``wide_window``.
+        min_uniqueness: Smallest lead of the best coarse score over the best score more than
+            two planes away (ambiguous matches below).
+        min_zncc: Smallest mean ZNCC over a depth's agreeing views.
+        min_texture: Smallest grey-level standard deviation (0..255) of a pixel's ``window``
+            at full resolution (blank background, saturated areas are discarded).
         consistency: Largest relative depth difference with another camera's depth map for
             the two to agree.
         min_consistent: Other cameras that must agree with a depth for it to be kept.
@@ -50,14 +77,20 @@ class PlaneSweepSettings:
         device: Torch device.
     """
 
-    planes: int = 64
+    planes: int = 96
+    coarse_width: int = 48
+    refine_steps: int = 2
+    final_passes: int = 2
+    depth_range: tuple[float, float] = (0.0, 0.0)
     neighbours: int = 4
     best_neighbours: int = 2
     window: int = 7
-    depth_margin: float = 0.2
+    wide_window: int = 15
+    wide_below: float = 8.0
+    min_uniqueness: float = 0.02
     min_zncc: float = 0.6
-    min_texture: float = 3.0
-    consistency: float = 0.01
+    min_texture: float = 1.0
+    consistency: float = 0.003
     min_consistent: int = 2
     voxel_size: float = 0.002
     device: str = "cpu"
@@ -74,22 +107,6 @@ def _convergence_point(centres: np.ndarray, axes: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(A, b, rcond=None)[0]
 
 
-def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum over the ``window x window`` neighbourhood of every pixel of ``(..., H, W)``, with
-    zeros beyond the border (separable shifted adds: cheaper than pooling on CPU)."""
-    r = window // 2
-    H, W = x.shape[-2:]
-    padded = F.pad(x, (r, r))
-    rows = padded[..., 0:W].clone()
-    for shift in range(1, window):
-        rows += padded[..., shift:shift + W]
-    padded = F.pad(rows, (0, 0, r, r))
-    out = padded[..., 0:H, :].clone()
-    for shift in range(1, window):
-        out += padded[..., shift:shift + H, :]
-    return out
-
-
 class PlaneSweepReconstructor:
     """The ``mvs`` backend (see the module docstring)."""
 
@@ -98,14 +115,19 @@ class PlaneSweepReconstructor:
     def __init__(self, settings: PlaneSweepSettings = PlaneSweepSettings()) -> None:
         if settings.window % 2 != 1:
             raise ValueError(f"window must be odd, got {settings.window}")
+        near, far = settings.depth_range
+        if (near, far) != (0.0, 0.0) and not 0 < near < far:
+            raise ValueError(f"depth_range must be [near, far] with 0 < near < far metres, "
+                             f"or [0, 0] (from the calibration); got {[near, far]}")
         self.settings = settings
         self.device = torch.device(settings.device)
 
     @classmethod
     def from_options(cls, options) -> "PlaneSweepReconstructor":
         """Build from the node's :class:`~threer_ros.pipeline.backends.BackendOptions`."""
+        near, far = (float(d) for d in options.mvs_depth_range)
         return cls(replace(PlaneSweepSettings(), device=options.device,
-                           voxel_size=options.voxel_size))
+                           voxel_size=options.voxel_size, depth_range=(near, far)))
 
     def update_fusion(self, fusion: FusionSettings) -> None:
         """Down-sample with ``fusion.voxel_size`` from the next set on (the plane sweep keeps
@@ -134,42 +156,40 @@ class PlaneSweepReconstructor:
         K = torch.tensor(np.stack([f.calibration.K for f in frames.frames]), dtype=torch.float64)
         poses = np.stack([f.calibration.cam_to_rig for f in frames.frames])
         T = torch.tensor(poses, dtype=torch.float64)
+        pyramid = [(images.mean(1, keepdim=True), K)]          # grey (N, 1, H, W), fine first
+        while pyramid[-1][0].shape[-1] // 2 >= s.coarse_width:
+            pyramid.append(half_resolution(*pyramid[-1]))
+        pyramid = [(grey[:, 0], K_level) for grey, K_level in pyramid]
         timings["prepare"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         centres, axes = poses[:, :3, 3], poses[:, :3, 2]
-        target = _convergence_point(centres, axes)
-        distances = ((target - centres) * axes).sum(axis=1)
-        grey = images.mean(1)                                                 # (N, H, W)
-        depths, scores = [], []
+        if s.depth_range == (0.0, 0.0):
+            distances = ((_convergence_point(centres, axes) - centres) * axes).sum(axis=1)
+            ranges = [(AUTO_RANGE[0] * d, AUTO_RANGE[1] * d) for d in distances]
+        else:
+            ranges = [s.depth_range] * len(poses)
+        inv_depths, scores, valids = [], [], []
         for r in range(len(images)):
             order = np.argsort(np.linalg.norm(centres - centres[r], axis=1))[1:1 + s.neighbours]
-            near, far = distances[r] * (1 - s.depth_margin), distances[r] * (1 + s.depth_margin)
-            depth, score = self._sweep(r, list(order), grey, K, T, near, far)
-            depths.append(depth)
+            inv, score, valid = self._depth(r, list(order), pyramid, T, *ranges[r])
+            inv_depths.append(inv)
             scores.append(score)
-        depth = torch.stack(depths)                                           # (N, H, W)
-        score = torch.stack(scores)
+            valids.append(valid)
+        valid = torch.stack(valids)
+        depth = torch.where(valid, 1.0 / torch.stack(inv_depths), 0.0)      # (N, H, W)
         timings["depth"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        count = _box_sum(torch.ones_like(grey[0]), s.window)
-        variance = (count * _box_sum(grey ** 2, s.window) - _box_sum(grey, s.window) ** 2)
-        texture = variance.clamp(min=0).sqrt() / count * 255                  # std, grey levels
-        valid = (score >= s.min_zncc) & (texture >= s.min_texture) & torch.isfinite(depth)
-        depth = torch.where(valid, depth, torch.zeros_like(depth))
-        keep = valid & (self._consistent_views(depth, K, T) >= s.min_consistent)
+        count, agreement, points = cross_check(depth, torch.stack(scores), K, T, s.consistency,
+                                               pixels=1.0)
+        keep = valid & (count >= s.min_consistent) & (agreement >= s.min_zncc)
         timings["filter"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        points, colors, confidence = [], [], []
-        for i in range(len(images)):
-            points.append(backproject(depth[i].double(), K[i].to(dev), T[i].to(dev), keep[i])
-                          .float())
-            colors.append(torch.from_numpy(frames.frames[i].image).to(dev)[keep[i]])
-            confidence.append(score[i][keep[i]].float())
-        fused = [t.cpu().numpy() for t in voxel_downsample(
-            torch.cat(points), torch.cat(colors), torch.cat(confidence), s.voxel_size)]
+        colors = images.permute(0, 2, 3, 1)[keep].mul(255).round().to(torch.uint8)
+        fused = [t.cpu().numpy() for t in voxel_downsample(points[keep], colors, agreement[keep],
+                                                           s.voxel_size)]
         timings["fusion"] = time.perf_counter() - t0
         return Reconstruction(points=fused[0], colors=fused[1], confidence=fused[2],
                               cameras=frames.cameras, cam_to_rig=poses,
@@ -177,82 +197,70 @@ class PlaneSweepReconstructor:
                               poses_from_calibration=True, timings_s=timings,
                               info={"mvs_valid_fraction": float(keep.float().mean())})
 
-    def _sweep(self, ref: int, sources: list[int], grey: torch.Tensor, K: torch.Tensor,
-               T: torch.Tensor, near: float, far: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best depth (metres, NaN where undecided) and its ZNCC score per pixel of camera
-        ``ref`` (H, W each), from the grey images (N, H, W) in [0, 1] and the float64
-        intrinsics K (N, 3, 3) and camera-to-rig poses T (N, 4, 4)."""
+    def _depth(self, ref: int, sources: list[int], pyramid: list[tuple[torch.Tensor,
+               torch.Tensor]], T: torch.Tensor, near: float, far: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inverse depth (1/metres), score (mean ZNCC over the passes) and validity (interior,
+        unambiguous, textured) of every pixel of camera ``ref`` at the finest level (H, W
+        each), from the grey pyramid (fine to coarse, images (N, H, W) in [0, 1] with their
+        float64 intrinsics) and the camera-to-rig poses T (N, 4, 4)."""
         s = self.settings
+        grey, K = pyramid[-1]
+        H, W = grey.shape[-2:]
         dev = grey.device
-        _, H, W = grey.shape
-        inv_depths = torch.linspace(1.0 / far, 1.0 / near, s.planes, dtype=torch.float64)
-        inv_planes = inv_depths.float().to(dev)[:, None]                     # (D, 1)
-        rays = pixel_rays(K[ref], H, W)                                       # (HW, 3), z = 1
-        to_grid = pixel_to_grid_matrix(H, W, K)
-        ref_img = grey[ref]
-        count = _box_sum(torch.ones_like(ref_img), s.window)
-        sum_r = _box_sum(ref_img, s.window)
-        var_r = (count * _box_sum(ref_img ** 2, s.window) - sum_r ** 2).clamp(min=0)
-        eps = 1e-8 * count ** 4           # 1e-8 on the product of the two window variances
-        k = min(s.best_neighbours, len(sources))
-        best = [torch.full((s.planes, H, W), -1.0, device=dev) for _ in range(k)]
-        for src in sources:
-            # a ref pixel at depth 1/q lies at X = R ray / q + t in the source camera; scaled
-            # by q its homogeneous grid coordinates are G (R ray + q t), G = to_grid @ K_src
-            rel = torch.linalg.inv(T[src]) @ T[ref]                            # ref -> src
-            G = to_grid @ K[src]
-            a = (rays @ (G @ rel[:3, :3]).T).float().to(dev)                  # (HW, 3)
-            b = (G @ rel[:3, 3]).float().to(dev)
-            hz = a[:, 2] + b[2] * inv_planes                                  # (D, HW)
-            ahead = hz > 0
-            hz = torch.where(ahead, hz, torch.ones_like(hz))
-            gx = (a[:, 0] + b[0] * inv_planes) / hz
-            gy = (a[:, 1] + b[1] * inv_planes) / hz
-            inside = (ahead & (gx.abs() <= 1) & (gy.abs() <= 1)).reshape(s.planes, H, W)
-            grid = torch.stack([gx, gy], -1).reshape(s.planes, H, W, 2)
-            warped = F.grid_sample(grey[src].expand(s.planes, 1, H, W), grid, mode="bilinear",
-                                   padding_mode="zeros", align_corners=True)[:, 0]
-            sums = _box_sum(torch.stack([warped, warped * warped, warped * ref_img], 1),
-                            s.window)                                         # (D, 3, H, W)
-            sum_w, sum_ww, sum_wr = sums.unbind(1)
-            var_w = (count * sum_ww - sum_w ** 2).clamp(min=0)
-            zncc = (count * sum_wr - sum_w * sum_r) / (var_w * var_r + eps).sqrt()
-            zncc = torch.where(inside, zncc, -1.0)
-            for i in range(k):                     # insert into the k best, kept sorted
-                higher = torch.maximum(best[i], zncc)
-                zncc = torch.minimum(best[i], zncc)
-                best[i] = higher
-        cost = torch.stack(best).mean(0)                                        # (D, H, W)
-        best_plane = cost.argmax(0)                                             # (H, W)
-        score = cost.gather(0, best_plane[None])[0]
-        lo = cost.gather(0, (best_plane - 1).clamp(min=0)[None])[0]
-        hi = cost.gather(0, (best_plane + 1).clamp(max=s.planes - 1)[None])[0]
-        curvature = lo - 2 * score + hi
-        offset = torch.where(curvature < 0, 0.5 * (lo - hi) / curvature.clamp(max=-1e-9),
-                             torch.zeros_like(score)).clamp(-0.5, 0.5)
-        interior = (best_plane > 0) & (best_plane < s.planes - 1)
-        step = float(inv_depths[1] - inv_depths[0])
-        inv = inv_planes[best_plane, 0] + offset * step
-        depth = torch.where(interior, 1.0 / inv, torch.full_like(inv, float("nan")))
-        return depth, torch.where(interior, score, torch.full_like(score, -1.0))
+        planes = torch.linspace(1.0 / far, 1.0 / near, s.planes, dtype=torch.float64)
+        step = float(planes[1] - planes[0])
+        hypotheses = planes.float().to(dev)[:, None].expand(s.planes, H * W)
+        cost = zncc_cost(grey, ref, sources, K, T, hypotheses, s.window, s.best_neighbours)
+        inv, score, best = _refine(cost, hypotheses, step)
+        plane = torch.arange(s.planes, device=dev)[:, None, None]
+        rival = torch.where((plane - best).abs() > 2, cost, -1.0).amax(0)
+        valid = (best > 0) & (best < s.planes - 1) & (score - rival >= s.min_uniqueness)
+        total = score
+        offsets = torch.arange(-s.refine_steps, s.refine_steps + 1, device=dev).float()
+        passes = list(reversed(pyramid[:-1])) + [pyramid[0]] * (s.final_passes - 1)
+        for grey, K in passes:
+            H, W = grey.shape[-2:]
+            step /= 2
+            coarse = inv[None, None]
+            seeds = torch.cat([coarse, -F.max_pool2d(-coarse, 3, 1, 1),
+                               F.max_pool2d(coarse, 3, 1, 1)], 1)
+            seeds = F.interpolate(seeds, size=(H, W), mode="nearest")[0]      # (3, H, W)
+            stack = torch.stack([valid, total]).float()[None]
+            valid, total = F.interpolate(stack, size=(H, W), mode="nearest")[0]
+            valid = valid > 0
+            hypotheses = (seeds[:, None] + step * offsets[:, None, None]).reshape(-1, H * W)
+            hypotheses = hypotheses.clamp(1.0 / far, 1.0 / near)
+            cost = zncc_cost(grey, ref, sources, K, T, hypotheses, self._window(grey[ref]),
+                             s.best_neighbours)
+            inv, score, _ = _refine(cost, hypotheses, step, len(offsets))
+            total = total + score
+        textured = window_std(grey[ref], s.window) * 255 >= s.min_texture
+        return inv, total / (1 + len(passes)), valid & textured
 
-    def _consistent_views(self, depth: torch.Tensor, K: torch.Tensor, T: torch.Tensor
-                          ) -> torch.Tensor:
-        """For each pixel, how many other cameras' depth maps agree with its depth (metres,
-        0 = none) within the relative ``consistency`` threshold."""
+    def _window(self, grey: torch.Tensor) -> torch.Tensor:
+        """Window side per pixel of an (H, W) grey image in [0, 1] (see ``wide_window``)."""
         s = self.settings
-        n, H, W = depth.shape
-        dev = depth.device
-        K32, T32 = K.float().to(dev), T.float().to(dev)
-        to_grid = pixel_to_grid_matrix(H, W, K32)
-        counts = torch.zeros(n, H, W, dtype=torch.int32, device=dev)
-        for i in range(n):
-            points = backproject(depth[i], K32[i], T32[i])                    # (HW, 3)
-            others = [j for j in range(n) if j != i]
-            grid, z = project(points, to_grid @ K32[others], T32[others])     # (n-1, HW, ...)
-            sampled = F.grid_sample(depth[others][:, None], grid.reshape(n - 1, H, W, 2),
-                                    mode="nearest", align_corners=True)[:, 0]
-            z = z.reshape(n - 1, H, W)
-            agree = (sampled > 0) & ((sampled - z).abs() <= s.consistency * z)
-            counts[i] = agree.sum(0, dtype=torch.int32)
-        return torch.where(depth > 0, counts, torch.zeros_like(counts))
+        weak = window_std(grey, s.window) * 255 < s.wide_below
+        return torch.where(weak, s.wide_window, s.window)
+
+
+def _refine(cost: torch.Tensor, hypotheses: torch.Tensor, step: float, run: int = 0
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best hypothesis per pixel of a ``(D, H, W)`` cost, refined by a parabola through its
+    neighbours: hypotheses come in runs of ``run`` (all ``D`` when 0) spaced ``step`` apart,
+    and a best at a run's end is not refined. Returns the inverse depth, its score and the
+    index of the best hypothesis (H, W each)."""
+    D, H, W = cost.shape
+    run = run or D
+    best = cost.argmax(0)
+    score = cost.gather(0, best[None])[0]
+    position = best % run
+    lo = cost.gather(0, (best - 1).clamp(min=0)[None])[0]
+    hi = cost.gather(0, (best + 1).clamp(max=D - 1)[None])[0]
+    curvature = lo - 2 * score + hi
+    inner = (position > 0) & (position < run - 1) & (curvature < 0)
+    offset = torch.where(inner, 0.5 * (lo - hi) / curvature.clamp(max=-1e-9),
+                         torch.zeros_like(score)).clamp(-0.5, 0.5)
+    inv = hypotheses.reshape(D, H, W).gather(0, best[None])[0] + offset * step
+    return inv, score, best
