@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ros_harness import CAPTURE_NODE, node_arguments, running
@@ -24,7 +24,7 @@ from threer_ros.ros.probe import OutputProbe, Recorded
 from threer_ros.ros.spinning import SpinningNodes
 
 CAMERAS = tuple(read_parameters()["cameras"])
-WAIT = 120.0                  # generous: the node reconstructs on 2 shared CPU cores
+WAIT = 300.0     # generous: the node reconstructs on 2 CPU cores shared with other work
 
 
 def stamp_ns(stamp) -> int:
@@ -38,27 +38,28 @@ def status_values(status) -> dict[str, str]:
 
 
 class RigDriver(Node):
-    """Publishes the synthetic rig's images and CameraInfo with chosen stamps, best effort.
+    """Publishes the synthetic rig's images and CameraInfo with chosen stamps.
 
     Args:
         rig: The rendered rig.
         context: The rclpy context of the node.
         image_topic, camera_info_topic: Topic templates with ``{camera}`` (as the node's).
         compressed: Publish JPEG ``CompressedImage`` on ``<image topic>/compressed``.
+        qos: QoS of the publishers (sensor data: best effort, like most camera drivers).
     """
 
     def __init__(self, rig: SyntheticRig, context, image_topic: str = "{camera}/image_raw",
                  camera_info_topic: str = "{camera}/camera_info",
-                 compressed: bool = False) -> None:
+                 compressed: bool = False, qos: QoSProfile = qos_profile_sensor_data) -> None:
         super().__init__("test_rig_driver", context=context)
         self.rig = rig
         self.compressed = compressed
         kind, suffix = (CompressedImage, "/compressed") if compressed else (Image, "")
         self.image_pubs = {c: self.create_publisher(kind, image_topic.format(camera=c) + suffix,
-                                                    qos_profile_sensor_data) for c in CAMERAS}
+                                                    qos) for c in CAMERAS}
         self.info_pubs = {c: self.create_publisher(CameraInfo,
-                                                   camera_info_topic.format(camera=c),
-                                                   qos_profile_sensor_data) for c in CAMERAS}
+                                                   camera_info_topic.format(camera=c), qos)
+                          for c in CAMERAS}
 
     def wait_for_subscribers(self, timeout: float) -> bool:
         """Wait until the node's subscriptions match every image publisher (DDS discovery)."""

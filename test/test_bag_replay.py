@@ -33,7 +33,7 @@ from threer_ros.ros.convert import cloud_from_msg  # noqa: E402
 from threer_ros.ros.probe import OutputProbe  # noqa: E402
 from threer_ros.ros.spinning import SpinningNodes  # noqa: E402
 
-WAIT = 120.0                  # generous: the node reconstructs on 2 shared CPU cores
+WAIT = 300.0     # generous: the node reconstructs on 2 CPU cores shared with other work
 PERIOD_NS = 100_000_000       # the timing bag's sets: 10 Hz
 T0_NS = 50 * 10**9
 

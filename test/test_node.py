@@ -281,11 +281,11 @@ def test_mast3r_with_a_checkpoint_runs_through_the_node(alignment, tmp_path):
 
 
 def test_estimated_camera_poses_go_on_tf_with_the_sets_stamp():
-    """Without extrinsics (CameraInfo only, ``use_calibration: false``) the network's poses are
-    estimates: on ``/tf`` (stamped, re-sent), never latched on ``/tf_static``, and equal to the
-    PoseArray."""
+    """Without extrinsics (no rig calibration; intrinsics from CameraInfo) the network's poses
+    are estimates: on ``/tf`` (stamped, re-sent), never latched on ``/tf_static``, and equal to
+    the PoseArray."""
     rig = SyntheticRig.render(seed=5, width=64, names=CAMERAS)
-    params = dict(NETWORK_PARAMS, backend="mast3r", use_calibration="false",
+    params = dict(NETWORK_PARAMS, backend="mast3r",
                   checkpoint=str(PARITY / "mast3r" / "checkpoint.pth"))
     frames = {f"{c}_optical_frame" for c in CAMERAS}
     with capture_graph(rig, ros_domain("test_node:own graph"), params) as graph:
