@@ -23,6 +23,7 @@ from rosbags.rosbag2 import Reader  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
 import nersemble_fixture as fx  # noqa: E402
+from ros_graph import WAIT  # noqa: E402
 from ros_harness import CAPTURE_NODE, CLI, node_arguments, running  # noqa: E402
 from threer_ros.cli import main  # noqa: E402
 from threer_ros.data.nersemble import NersembleSequence  # noqa: E402
@@ -33,7 +34,6 @@ from threer_ros.ros.convert import cloud_from_msg  # noqa: E402
 from threer_ros.ros.probe import OutputProbe  # noqa: E402
 from threer_ros.ros.spinning import SpinningNodes  # noqa: E402
 
-WAIT = 300.0     # generous: the node reconstructs on 2 CPU cores shared with other work
 PERIOD_NS = 100_000_000       # the timing bag's sets: 10 Hz
 T0_NS = 50 * 10**9
 
