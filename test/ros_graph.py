@@ -70,24 +70,27 @@ class RigDriver(Node):
             time.sleep(0.05)  # discovery has no event to wait on in rclpy
         return False
 
-    def image_msg(self, camera: str, fields: dict | None = None) -> Image | CompressedImage:
-        """The camera's image message (raw: ``fields`` override the image's own)."""
+    def messages(self, camera: str, stamp_ns: int, fields: dict | None = None
+                 ) -> tuple[Image | CompressedImage, CameraInfo]:
+        """One camera's image (raw: ``fields`` override the image's own) and CameraInfo,
+        stamped ``stamp_ns``, in the camera's optical frame."""
         view = next(v for v in self.rig.views if v.name == camera)
         if self.compressed:
-            return CompressedImage(format="rgb8; jpeg compressed bgr8",
-                                   data=encode_compressed(view.image, "jpeg"))
-        return Image(**(fields or image_to_msg_fields(view.image, "rgb8")))
+            image = CompressedImage(format="rgb8; jpeg compressed bgr8",
+                                    data=encode_compressed(view.image, "jpeg"))
+        else:
+            image = Image(**(fields or image_to_msg_fields(view.image, "rgb8")))
+        image.header.frame_id = f"{camera}_optical_frame"
+        image.header.stamp.sec, image.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        info = CameraInfo(**calibration_to_camera_info_fields(view.calibration))
+        info.header = image.header
+        return image, info
 
     def publish_image(self, camera: str, stamp_ns: int, fields: dict | None = None) -> None:
-        """One camera's image and CameraInfo, stamped ``stamp_ns``."""
-        view = next(v for v in self.rig.views if v.name == camera)
-        msg = self.image_msg(camera, fields)
-        msg.header.frame_id = f"{camera}_optical_frame"
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-        info = CameraInfo(**calibration_to_camera_info_fields(view.calibration))
-        info.header = msg.header
+        """Publish one camera's CameraInfo and image (:meth:`messages`)."""
+        image, info = self.messages(camera, stamp_ns, fields)
         self.info_pubs[camera].publish(info)
-        self.image_pubs[camera].publish(msg)
+        self.image_pubs[camera].publish(image)
 
     def publish_camera_infos(self) -> None:
         """Every camera's CameraInfo, unstamped."""

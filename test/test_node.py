@@ -289,6 +289,10 @@ def test_estimated_camera_poses_go_on_tf_with_the_sets_stamp():
                   checkpoint=str(PARITY / "mast3r" / "checkpoint.pth"))
     frames = {f"{c}_optical_frame" for c in CAMERAS}
     with capture_graph(rig, ros_domain("test_node:own graph"), params) as graph:
+        # intrinsics first: a set whose images come before their CameraInfo has none, and
+        # random weights give no camera without them
+        assert graph.publish_until(graph.driver.publish_camera_infos, lambda r: all(
+            graph.camera_status(c)["has_camera_info"] == "True" for c in CAMERAS))
         stamp = 20_000_000_000
         assert graph.publish_until(lambda: graph.driver.publish_set(stamp),
                                    lambda r: r.clouds and frames <= set(r.tf))

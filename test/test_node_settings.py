@@ -18,16 +18,14 @@ rclpy = pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make tes
 from rcl_interfaces.msg import Log  # noqa: E402
 from rclpy.serialization import serialize_message  # noqa: E402
 from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage  # noqa: E402
 
-from ros_graph import CAMERAS, WAIT, Graph, capture_graph, stamp_ns  # noqa: E402
+from ros_graph import CAMERAS, WAIT, Graph, RigDriver, capture_graph, stamp_ns  # noqa: E402
 from ros_harness import CLI, running  # noqa: E402
 from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
 from threer_ros.data.rosbag import TYPESTORE, bag_info, qos  # noqa: E402
 from threer_ros.data.synthetic import SyntheticRig  # noqa: E402
 from threer_ros.ros.bag_player import CAMERA_QOS  # noqa: E402
-from threer_ros.ros.convert import (calibration_to_camera_info_fields,  # noqa: E402
-                                    cloud_from_msg, encode_compressed)
+from threer_ros.ros.convert import cloud_from_msg  # noqa: E402
 
 FRAME = "dome"
 MAX_POINTS = 1000
@@ -90,10 +88,10 @@ SENSOR_QOS = qos(reliable=False, depth=5)
 RECEIVE_DELAY_NS = 3_000_000
 
 
-def _write_recording(folder: Path, rig: SyntheticRig, stamp: int, storage: str) -> None:
-    """One set of the rig (JPEG on the renamed topics, CameraInfo) and a /rosout line as
-    ``ros2 bag record -a`` records them: offered QoS of the publishers, log times = receive
-    times, after the header stamps."""
+def _write_recording(folder: Path, driver: RigDriver, stamp: int, storage: str) -> None:
+    """One set of the driver's messages (JPEG on the renamed topics, CameraInfo) and a
+    /rosout line as ``ros2 bag record -a`` records them: offered QoS of the publishers, log
+    times = receive times, after the header stamps."""
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     with Writer(folder, version=9 if storage == "mcap" else 8, storage_plugin=plugin) as bag:
         rosout = bag.add_connection("/rosout", "rcl_interfaces/msg/Log", typestore=TYPESTORE,
@@ -102,19 +100,12 @@ def _write_recording(folder: Path, rig: SyntheticRig, stamp: int, storage: str) 
         line = Log(name="camera_driver", msg="trigger armed", level=Log.INFO)
         line.stamp.sec, line.stamp.nanosec = divmod(stamp - 50_000_000, 1_000_000_000)
         bag.write(rosout, stamp - 50_000_000 + RECEIVE_DELAY_NS, serialize_message(line))
-        for i, view in enumerate(rig.views):
-            image = CompressedImage(format="rgb8; jpeg compressed bgr8",
-                                    data=encode_compressed(view.image, "jpeg"))
-            info = CameraInfo(**calibration_to_camera_info_fields(view.calibration))
-            image.header.frame_id = f"{view.name}_optical_frame"
+        for i, camera in enumerate(CAMERAS):
             header_ns = stamp + (i % 3) * 200_000                  # 0.2 ms trigger jitter
-            image.header.stamp.sec, image.header.stamp.nanosec = divmod(header_ns, 1_000_000_000)
-            info.header = image.header
-            topics = SETTINGS["image_topic"].format(camera=view.name) + "/compressed", \
-                SETTINGS["camera_info_topic"].format(camera=view.name)
-            for topic, msg in zip(topics, (image, info)):
+            topics = driver.image_pubs[camera].topic_name, driver.info_pubs[camera].topic_name
+            for topic, msg in zip(topics, driver.messages(camera, header_ns)):
                 msgtype = f"sensor_msgs/msg/{type(msg).__name__}"
-                connection = bag.add_connection("/" + topic, msgtype, typestore=TYPESTORE,
+                connection = bag.add_connection(topic, msgtype, typestore=TYPESTORE,
                                                 offered_qos_profiles=[SENSOR_QOS])
                 bag.write(connection, header_ns + RECEIVE_DELAY_NS + i * 100_000,
                           serialize_message(msg))
@@ -146,11 +137,11 @@ def _as_ros2_bag_record_leaves_it(folder: Path, distro: str) -> Path:
 
 
 @pytest.mark.parametrize("distro,storage", [("humble", "sqlite3"), ("kilted", "mcap")])
-def test_a_bag_recorded_by_ros2_bag_record_replays_into_the_node(graph, rig, distro, storage,
+def test_a_bag_recorded_by_ros2_bag_record_replays_into_the_node(graph, distro, storage,
                                                                  tmp_path, ros_domain_id):
     stamp = {"humble": 100, "kilted": 200}[distro] * 1_000_000_000
     folder = tmp_path / f"{distro}_capture"
-    _write_recording(folder, rig, stamp, storage)
+    _write_recording(folder, graph.driver, stamp, storage)
     data_file = _as_ros2_bag_record_leaves_it(folder, distro)
     info = bag_info(folder)
     assert info.storage == storage and info.message_count == 1 + 2 * len(CAMERAS)
