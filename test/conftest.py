@@ -1,5 +1,11 @@
 """Shared fixtures: the parity fixtures' location, the ROS domains of the tests (allocated here,
-in one place) and the hang watchdog (``hang_watchdog.py``)."""
+in one place) and the hang watchdog (``hang_watchdog.py``).
+
+Helpers of the ROS tests: ``ros_harness.py`` (child processes on a domain, stopped whatever
+happens: ``running``, ``ros_env``, ``stop_process``), ``ros_graph.py`` (the capture node with a
+rig driver and an output probe: ``capture_graph``), and in the package
+``threer_ros.ros.spinning.SpinningNodes`` (nodes spun in this process, stopped safely).
+"""
 
 from __future__ import annotations
 
