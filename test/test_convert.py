@@ -180,3 +180,8 @@ def test_transforms_carry_camera_centre_and_viewing_direction():
     np.testing.assert_allclose(R @ [0, 0, 1], -np.array([1.0, 0.2, 0.3]) / np.linalg.norm(
         [1.0, 0.2, 0.3]), atol=1e-9)   # optical z looks at the rig origin
     np.testing.assert_allclose(transform_to_matrix(t.transform), pose, atol=1e-12)
+    # the message's quaternion read by an independent implementation gives the same pose
+    from scipy.spatial.transform import Rotation
+
+    np.testing.assert_allclose(Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix(),
+                               pose[:3, :3], atol=1e-12)

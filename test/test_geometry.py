@@ -7,6 +7,7 @@ import torch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
 
 from threer_ros.data.calibration import (CalibrationError, load_rig_calibration,
                                          save_rig_calibration)
@@ -31,6 +32,31 @@ def test_quaternion_round_trip_including_half_turns(q):
     back = matrix_to_quaternion(R)
     assert back[3] >= 0
     assert min(np.abs(back - q).max(), np.abs(back + q).max()) < 1e-9   # q and -q: one rotation
+
+
+@settings(max_examples=100, deadline=None)
+@given(q=st.tuples(unit, unit, unit, unit).filter(lambda q: np.linalg.norm(q) > 0.1))
+def test_quaternions_agree_with_scipy_in_both_directions(q):
+    # SciPy's Rotation uses the same (x, y, z, w) order and the active convention: an
+    # inversion (a transposed matrix) in both of our conversions would pass a round trip only
+    q = np.asarray(q) / np.linalg.norm(q)
+    np.testing.assert_allclose(quaternion_to_matrix(q), Rotation.from_quat(q).as_matrix(),
+                               atol=1e-12)
+    R = Rotation.from_quat(q).as_matrix()
+    theirs = Rotation.from_matrix(R).as_quat()
+    ours = matrix_to_quaternion(R)
+    assert min(np.abs(ours - theirs).max(), np.abs(ours + theirs).max()) < 1e-9
+
+
+def test_quaternions_of_hand_computed_rotations():
+    # 90 degrees about z: (0, 0, sin 45, cos 45) turns x into y
+    q = np.array([0.0, 0.0, np.sqrt(0.5), np.sqrt(0.5)])
+    np.testing.assert_allclose(quaternion_to_matrix(q) @ [1, 0, 0], [0, 1, 0], atol=1e-15)
+    # REP-103 body -> optical frame, (-0.5, 0.5, -0.5, 0.5): the optical x, y, z axes are the
+    # body's -y, -z, x (the columns of the rotation)
+    optical = np.array([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])
+    np.testing.assert_allclose(quaternion_to_matrix([-0.5, 0.5, -0.5, 0.5]), optical, atol=1e-15)
+    np.testing.assert_allclose(matrix_to_quaternion(optical), [-0.5, 0.5, -0.5, 0.5], atol=1e-15)
 
 
 def test_half_turns_about_each_axis():

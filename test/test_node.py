@@ -1,93 +1,38 @@
 """The capture node in its own process, driven over real DDS by publishers in this process.
 
-One node process serves the whole module (starting it imports torch: seconds on 2 cores). The
+One node process serves most of the module (starting it imports torch: seconds on 2 cores); the
 tests publish the synthetic rig's 16 cameras and bad input, and read the node's outputs like
-RViz does. ``ROS_DOMAIN_ID`` is unique to this test session (see conftest.py).
+RViz does (``ros_graph.py``). Tests that need a node of their own use the slot "test_node:own
+graph" (see conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make test installs it)")
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from scipy.spatial.transform import Rotation  # noqa: E402
+from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 
-from conftest import stop_process  # noqa: E402
-from threer_ros.config import read_parameters  # noqa: E402
+from conftest import ros_domain  # noqa: E402
+from ros_graph import CAMERAS, NODE, WAIT, Graph, capture_graph, stamp_ns  # noqa: E402
+from ros_harness import CAPTURE_NODE, node_arguments, ros_env  # noqa: E402
 from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
 from threer_ros.data.synthetic import SyntheticRig  # noqa: E402
-from threer_ros.ros.convert import (calibration_to_camera_info_fields, cloud_from_msg,  # noqa: E402
-                                    image_to_msg_fields)
-from threer_ros.ros.node import (PIPELINE_STATUS, CameraStats,  # noqa: E402
-                                 camera_status_name)
-from threer_ros.ros.probe import OutputProbe  # noqa: E402
+from threer_ros.geometry.transforms import invert_pose, transform_points  # noqa: E402
+from threer_ros.ros.convert import cloud_from_msg  # noqa: E402
+from threer_ros.ros.node import CameraStats, camera_status_name  # noqa: E402
 
 WIDTH = 96
-CAMERAS = tuple(read_parameters()["cameras"])
 SILENT = CAMERAS[-1]          # never publishes in the partial-set test
-PIPELINE = PIPELINE_STATUS
-NODE = "/threer_capture"
-WAIT = 120.0                  # generous: the node reconstructs on 2 shared CPU cores
-
-
-def _values(status) -> dict[str, str]:
-    return {kv.key: kv.value for kv in status.values}
-
-
-class RigDriver(Node):
-    """Publishes images and CameraInfo of the synthetic rig with chosen stamps."""
-
-    def __init__(self, rig: SyntheticRig, context) -> None:
-        super().__init__("test_rig_driver", context=context)
-        self.rig = rig
-        self.frame_format = "{camera}_optical_frame"    # the frame_id of each camera's images
-        self.image_pubs = {c: self.create_publisher(Image, f"{c}/image_raw",
-                                                    qos_profile_sensor_data) for c in CAMERAS}
-        self.info_pubs = {c: self.create_publisher(CameraInfo, f"{c}/camera_info",
-                                                   qos_profile_sensor_data) for c in CAMERAS}
-
-    def wait_for_subscribers(self, timeout: float) -> bool:
-        """Wait until the node's subscriptions match every image publisher (DDS discovery)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(p.get_subscription_count() > 0 for p in self.image_pubs.values()):
-                return True
-            time.sleep(0.05)  # discovery has no event to wait on in rclpy
-        return False
-
-    def publish_image(self, camera: str, stamp_ns: int, fields: dict | None = None) -> None:
-        view = next(v for v in self.rig.views if v.name == camera)
-        msg = Image(**(fields or image_to_msg_fields(view.image, "rgb8")))
-        msg.header.frame_id = self.frame_format.format(camera=camera)
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-        info = CameraInfo(**calibration_to_camera_info_fields(view.calibration))
-        info.header = msg.header
-        self.info_pubs[camera].publish(info)
-        self.image_pubs[camera].publish(msg)
-
-    def publish_camera_infos(self) -> None:
-        for view in self.rig.views:
-            info = CameraInfo(**calibration_to_camera_info_fields(view.calibration))
-            info.header.frame_id = self.frame_format.format(camera=view.name)
-            self.info_pubs[view.name].publish(info)
-
-    def publish_set(self, stamp_ns: int, cameras=CAMERAS) -> None:
-        for i, camera in enumerate(cameras):
-            self.publish_image(camera, stamp_ns + (i % 3) * 200_000)  # 0.2 ms jitter
 
 
 @pytest.fixture(scope="module")
@@ -95,101 +40,101 @@ def rig() -> SyntheticRig:
     return SyntheticRig.render(seed=3, width=WIDTH, names=CAMERAS)
 
 
-def _start_graph(rig: SyntheticRig, rig_calibration: str, domain_id: int,
-                 params: dict[str, str] | None = None, env: dict[str, str] | None = None):
-    """Start the node process with ``rig_calibration`` (and ``params`` over the test defaults:
-    mvs on the CPU); return (process, driver, probe, stop)."""
-    settings = {"rig_calibration": rig_calibration, "backend": "mvs", "device": "cpu",
-                "working_width": str(WIDTH), "min_cameras": "12", "max_rate": "0.0",
-                "sync_tolerance": "0.005", **(params or {})}
-    arguments = [a for k, v in settings.items() for a in ("-p", f"{k}:={v}")]
-    node = subprocess.Popen([sys.executable, "-m", "threer_ros.ros.node", "--ros-args",
-                             *arguments],
-                            env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id), **(env or {})))
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    driver, probe = RigDriver(rig, context), OutputProbe(context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(driver)
-    executor.add_node(probe)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    assert probe.wait_for(lambda r: r.diagnostics, WAIT), "the node published no diagnostics"
-    if settings.get("autostart", "true") == "true":     # else it waits for configure/activate
-        assert driver.wait_for_subscribers(WAIT), "the node did not subscribe to every camera"
-
-    def stop() -> None:
-        executor.shutdown()
-        driver.destroy_node()
-        probe.destroy_node()
-        rclpy.shutdown(context=context)
-        stop_process(node)
-
-    return node, driver, probe, stop
+def _calibration_file(rig: SyntheticRig, folder: Path, frame: str = "rig") -> str:
+    path = folder / "rig.yaml"
+    save_rig_calibration(path, frame, {v.name: v.calibration for v in rig.views})
+    return str(path)
 
 
 @pytest.fixture(scope="module")
-def graph(rig, tmp_path_factory, ros_domain_id):
-    """(node process, driver, probe) on this session's ROS domain, calibration from a file."""
-    calibration = tmp_path_factory.mktemp("rig") / "rig.yaml"
-    save_rig_calibration(calibration, "rig", {v.name: v.calibration for v in rig.views})
-    node, driver, probe, stop = _start_graph(rig, str(calibration), ros_domain_id)
-    yield node, driver, probe
-    stop()
+def graph(rig, tmp_path_factory, ros_domain_id) -> Iterator[Graph]:
+    """The node on this module's ROS domain, calibration from a file."""
+    calibration = _calibration_file(rig, tmp_path_factory.mktemp("rig"))
+    with capture_graph(rig, ros_domain_id, {"rig_calibration": calibration}) as running_graph:
+        yield running_graph
 
 
-def _publish_until(publish, probe: OutputProbe, predicate, timeout: float = WAIT) -> bool:
-    """Publish, and publish the same messages again every few seconds until ``predicate`` holds.
-
-    Best-effort image topics may lose a message while DDS discovery settles; repeating a set
-    is harmless (the node counts the repeats as duplicates or late frames).
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        publish()
-        if probe.wait_for(predicate, 5.0):
-            return True
-    return False
+def _rotation(q) -> np.ndarray:
+    """A message quaternion as a matrix, by SciPy (independent of our conversions)."""
+    return Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
 
 
-def _reconstructions(probe: OutputProbe) -> int:
-    status = probe.latest_status(PIPELINE)
-    return int(_values(status)["reconstructions"]) if status else 0
+def _read_like_rviz(cloud: PointCloud2) -> np.ndarray:
+    """The cloud's points as a structured array built from its own field descriptions."""
+    kinds = {PointField.FLOAT32: "<f4", PointField.UINT32: "<u4"}
+    dtype = np.dtype({"names": [f.name for f in cloud.fields],
+                      "formats": [kinds[f.datatype] for f in cloud.fields],
+                      "offsets": [f.offset for f in cloud.fields], "itemsize": cloud.point_step})
+    return np.frombuffer(bytes(cloud.data), dtype=dtype)
 
 
-def _camera_status(probe: OutputProbe, camera: str) -> dict[str, str]:
-    return _values(probe.latest_status(camera_status_name(NODE, camera)))
+def _colour_error(points: np.ndarray, colors: np.ndarray, view) -> float:
+    """Median absolute difference between the points' colours and the pixels of ``view`` that
+    see them (points in front of the view's true depth by less than 3 mm)."""
+    in_camera = transform_points(invert_pose(view.calibration.cam_to_rig), points)
+    z = in_camera[:, 2]
+    uv = (view.calibration.K @ in_camera.T).T
+    u = np.round(uv[:, 0] / z).astype(int)
+    v = np.round(uv[:, 1] / z).astype(int)
+    height, width = view.depth.shape
+    seen = (z > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    seen[seen] &= np.abs(view.depth[v[seen], u[seen]] - z[seen]) < 0.003
+    assert seen.sum() > 1000
+    return float(np.median(np.abs(colors[seen].astype(float) - view.image[v[seen], u[seen]])))
 
 
 def test_sixteen_cameras_in_one_cloud_and_sixteen_frames_out(graph, rig):
-    node, driver, probe = graph
-    done = _reconstructions(probe)
-    assert _publish_until(lambda: driver.publish_set(10_000_000_000), probe,
-                          lambda r: r.clouds and _reconstructions(probe) > done)
+    done = graph.reconstructions()
+    assert graph.publish_until(lambda: graph.driver.publish_set(10_000_000_000),
+                               lambda r: r.clouds and graph.reconstructions() > done)
+    probe = graph.probe
     cloud = probe.recorded.clouds[-1]
     assert cloud.header.frame_id == "rig"
-    assert (cloud.header.stamp.sec, cloud.header.stamp.nanosec) >= (10, 0)
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "confidence"]
-    points, colors, confidence = cloud_from_msg(cloud)
-    assert len(points) > 1000 and np.isfinite(points).all()
-    # the head is ~0.2 m across around the rig origin
-    assert np.all(np.abs(np.median(points, axis=0)) < 0.1)
+    assert 10_000_000_000 <= stamp_ns(cloud.header.stamp) < 10_001_000_000   # the set's stamp
+    # the layout RViz and sensor_msgs_py read (ROS.md 6.4)
+    assert [(f.name, f.offset, f.datatype, f.count) for f in cloud.fields] == [
+        (name, 4 * i, PointField.FLOAT32, 1)
+        for i, name in enumerate(["x", "y", "z", "rgb", "confidence"])]
+    assert (cloud.height, cloud.point_step, cloud.is_bigendian) == (1, 20, False)
+    assert cloud.row_step == cloud.point_step * cloud.width == len(cloud.data)
+    assert probe.wait_for(lambda r: graph.pipeline()["points_published"] == str(cloud.width),
+                          WAIT)
+    raw = _read_like_rviz(cloud)
+    xyz = np.stack([raw["x"], raw["y"], raw["z"]], axis=1)
+    assert cloud.is_dense and np.isfinite(xyz).all()      # dense: no NaN point to filter
+    assert len(xyz) > 1000 and np.all(np.abs(np.median(xyz, axis=0)) < 0.1)  # the ~0.2 m head
+    rgb = raw["rgb"].view(np.uint32)                      # 0x00RRGGBB (ROS.md 6.2)
+    assert not (rgb >> 24).any()
+    colors = np.stack([(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255], axis=1).astype(np.uint8)
+    for view in rig.views[::5]:      # each point has the colour of the pixels that see it
+        error = _colour_error(xyz, colors, view)
+        assert error < 16 and error < _colour_error(xyz, colors[:, ::-1], view) / 2
+    np.testing.assert_array_equal(cloud_from_msg(cloud)[1], colors)
+
     assert probe.wait_for(lambda r: len(r.tf_static) == len(CAMERAS), WAIT)
-    for view in rig.views:
+    for view in rig.views:   # tf2 semantics: rig -> optical frame is the camera-to-rig pose
         t = probe.recorded.tf_static[f"{view.name}_optical_frame"]
         assert t.header.frame_id == "rig"
-        centre = [t.transform.translation.x, t.transform.translation.y, t.transform.translation.z]
-        np.testing.assert_allclose(centre, view.calibration.cam_to_rig[:3, 3], atol=1e-6)
-    assert probe.recorded.poses and len(probe.recorded.poses[-1].poses) == len(CAMERAS)
+        pose = view.calibration.cam_to_rig
+        centre = np.array([t.transform.translation.x, t.transform.translation.y,
+                           t.transform.translation.z])
+        np.testing.assert_allclose(centre, pose[:3, 3], atol=1e-6)
+        rotation = _rotation(t.transform.rotation)
+        np.testing.assert_allclose(rotation, pose[:3, :3], atol=1e-6)
+        # optical z (third column) points from the camera towards the head at the origin
+        assert rotation[:, 2] @ -centre > 0.9 * np.linalg.norm(centre)
+    poses = probe.recorded.poses[-1]
+    assert poses.header.frame_id == "rig" and len(poses.poses) == len(CAMERAS)
+    for view, pose in zip(rig.views, poses.poses):
+        np.testing.assert_allclose(_rotation(pose.orientation),
+                                   view.calibration.cam_to_rig[:3, :3], atol=1e-6)
     statuses = {s.name for s in probe.recorded.diagnostics[-1].status}
     assert {camera_status_name(NODE, c) for c in CAMERAS} <= statuses
-    assert node.poll() is None
+    assert graph.node.poll() is None
 
 
 def test_a_silent_camera_still_gives_a_partial_set_that_names_it(graph):
-    node, driver, probe = graph
-    done = _reconstructions(probe)
-
+    done = graph.reconstructions()
     attempt = iter(range(1000))
 
     def two_partial_sets() -> None:
@@ -197,21 +142,21 @@ def test_a_silent_camera_still_gives_a_partial_set_that_names_it(graph):
         # set's frames close it. Each attempt uses new stamps, since a closed set takes no
         # repeated frames (best-effort delivery may lose some of the first attempt's).
         start = 20_000_000_000 + next(attempt) * 1_000_000_000
-        driver.publish_set(start, cameras=CAMERAS[:-1])
-        driver.publish_set(start + 500_000_000, cameras=CAMERAS[:-1])
+        graph.driver.publish_set(start, cameras=CAMERAS[:-1])
+        graph.driver.publish_set(start + 500_000_000, cameras=CAMERAS[:-1])
 
-    assert _publish_until(two_partial_sets, probe, lambda r: _reconstructions(probe) > done)
-    assert probe.wait_for(
-        lambda r: SILENT in _values(probe.latest_status(PIPELINE))["missing_cameras_last_set"],
-        WAIT)
-    assert node.poll() is None
+    assert graph.publish_until(two_partial_sets, lambda r: graph.reconstructions() > done)
+    assert graph.probe.wait_for(
+        lambda r: SILENT in graph.pipeline()["missing_cameras_last_set"], WAIT)
+    assert graph.node.poll() is None
 
 
 @pytest.mark.parametrize("problem", ["encoding", "truncated", "resolution"])
 def test_bad_images_are_rejected_counted_and_the_node_keeps_working(graph, rig, problem):
-    node, driver, probe = graph
+    from threer_ros.ros.convert import image_to_msg_fields
+
     camera = CAMERAS[1]
-    rejected = int(_camera_status(probe, camera)["rejected"])
+    rejected = int(graph.camera_status(camera)["rejected"])
     view = next(v for v in rig.views if v.name == camera)
     fields = image_to_msg_fields(view.image, "rgb8")
     if problem == "encoding":
@@ -221,59 +166,79 @@ def test_bad_images_are_rejected_counted_and_the_node_keeps_working(graph, rig, 
     else:
         small = view.image[::2, ::2].copy()
         fields = image_to_msg_fields(small, "rgb8")
-    assert _publish_until(lambda: driver.publish_image(camera, 30_000_000_000, fields), probe,
-                          lambda r: int(_camera_status(probe, camera)["rejected"]) > rejected)
-    status = probe.latest_status(camera_status_name(NODE, camera))
+    assert graph.publish_until(
+        lambda: graph.driver.publish_image(camera, 30_000_000_000, fields),
+        lambda r: int(graph.camera_status(camera)["rejected"]) > rejected)
+    status = graph.probe.latest_status(camera_status_name(NODE, camera))
     assert camera in status.name and status.message  # the reason is shown to the operator
-    done = _reconstructions(probe)
+    done = graph.reconstructions()
     stamp = 40_000_000_000 + 1_000_000_000 * len(problem)
-    assert _publish_until(lambda: driver.publish_set(stamp), probe,
-                          lambda r: _reconstructions(probe) > done)
-    assert node.poll() is None
+    assert graph.publish_until(lambda: graph.driver.publish_set(stamp),
+                               lambda r: graph.reconstructions() > done)
+    assert graph.node.poll() is None
 
 
 def test_stamps_going_backwards_do_not_break_the_node(graph):
-    node, driver, probe = graph
-    done = _reconstructions(probe)
+    """An image far ahead, then a set far behind it (a bag restarted): the set is
+    reconstructed, whatever the other tests published before."""
+    camera = CAMERAS[0]
+    received = int(graph.camera_status(camera)["received"])
+    assert graph.publish_until(lambda: graph.driver.publish_image(camera, 900_000_000_000),
+                               lambda r: int(graph.camera_status(camera)["received"]) > received)
+    stamp, done = 5_000_000_000, graph.reconstructions()
+    assert graph.publish_until(
+        lambda: graph.driver.publish_set(stamp),
+        lambda r: graph.reconstructions() > done and r.clouds
+        and stamp <= stamp_ns(r.clouds[-1].header.stamp) < stamp + 1_000_000)
+    assert int(graph.pipeline()["sync_resets"]) >= 1
+    assert graph.node.poll() is None
 
-    def restart() -> None:  # older than everything so far: e.g. a bag restarted
-        driver.publish_set(5_000_000_000)
 
-    assert _publish_until(restart, probe, lambda r: _reconstructions(probe) > done)
-    assert node.poll() is None
-
-
-def test_camera_poses_can_come_from_the_rigs_tf_static(rig, ros_domain_id):
+def test_camera_poses_can_come_from_the_rigs_tf_static(rig, tmp_path):
     """``rig_calibration:=tf``: the rig publishes its camera frames on /tf_static (latched)."""
-    from geometry_msgs.msg import TransformStamped
     from rclpy.qos import DurabilityPolicy, QoSProfile
     from tf2_msgs.msg import TFMessage
 
     from threer_ros.ros.convert import transform_msgs
 
-    node, driver, probe, stop = _start_graph(rig, "tf", ros_domain_id + 20)
-    try:
+    with capture_graph(rig, ros_domain("test_node:own graph"),
+                       {"rig_calibration": "tf"}) as graph:
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        tf_pub = driver.create_publisher(TFMessage, "/tf_static", latched)
+        tf_pub = graph.driver.create_publisher(TFMessage, "/tf_static", latched)
         poses = np.stack([v.calibration.cam_to_rig for v in rig.views])
-        transforms: list[TransformStamped] = transform_msgs(
-            "rig", [f"{v.name}_optical_frame" for v in rig.views], poses, Time())
+        transforms = transform_msgs("rig", [f"{v.name}_optical_frame" for v in rig.views],
+                                    poses, Time())
 
         def calibrate() -> None:  # a rig's TF and camera drivers publish these on their own
             tf_pub.publish(TFMessage(transforms=transforms))
-            driver.publish_camera_infos()
+            graph.driver.publish_camera_infos()
 
-        assert _publish_until(calibrate, probe, lambda r: all(
-            _camera_status(probe, c)["has_extrinsics"] == "True"
-            and _camera_status(probe, c)["has_camera_info"] == "True" for c in CAMERAS))
-        assert _publish_until(lambda: driver.publish_set(50_000_000_000), probe,
-                              lambda r: any(len(p.poses) == len(CAMERAS) for p in r.poses))
-        full = next(p for p in probe.recorded.poses if len(p.poses) == len(CAMERAS))
+        assert graph.publish_until(calibrate, lambda r: all(
+            graph.camera_status(c)["has_extrinsics"] == "True"
+            and graph.camera_status(c)["has_camera_info"] == "True" for c in CAMERAS))
+        assert graph.publish_until(lambda: graph.driver.publish_set(50_000_000_000),
+                                   lambda r: any(len(p.poses) == len(CAMERAS) for p in r.poses))
+        full = next(p for p in graph.probe.recorded.poses if len(p.poses) == len(CAMERAS))
         got = np.array([[p.position.x, p.position.y, p.position.z] for p in full.poses])
         np.testing.assert_allclose(got, poses[:, :3, 3], atol=1e-6)
-        assert node.poll() is None
-    finally:
-        stop()
+        assert graph.node.poll() is None
+
+
+def test_bad_parameters_or_calibration_end_the_node_with_status_2(tmp_path):
+    """What a user mistypes ends the node at once, with the parameter or file named."""
+    broken = tmp_path / "rig.yaml"
+    broken.write_text("cameras: [unclosed\n")
+    cases = {"min_cameras": {"min_cameras": 0}, str(broken): {"rig_calibration": str(broken)}}
+    env = ros_env(ros_domain("test_node:own graph"))
+    runs = {named: subprocess.Popen([*CAPTURE_NODE, *node_arguments(parameters)], env=env,
+                                    text=True, stderr=subprocess.PIPE)
+            for named, parameters in cases.items()}     # side by side: both start torch
+    for named, process in runs.items():
+        try:
+            _, err = process.communicate(timeout=WAIT)
+        finally:
+            process.kill()
+        assert process.returncode == 2 and named in err, err
 
 
 # --- network backends ------------------------------------------------------------------------
@@ -283,47 +248,75 @@ NETWORK_PARAMS = {"network_size": "64", "working_width": "64", "alignment_iterat
                   "pair_graph": "knn", "graph_neighbours": "2", "voxel_size": "0.0"}
 
 
-def _calibration_file(rig: SyntheticRig, folder: Path) -> str:
-    path = folder / "rig.yaml"
-    save_rig_calibration(path, "rig", {v.name: v.calibration for v in rig.views})
-    return str(path)
-
-
-def _finite_cloud_and_camera_frames(probe: OutputProbe, done: int) -> np.ndarray:
-    cloud = probe.recorded.clouds[-1]
+def _finite_cloud(graph: Graph) -> np.ndarray:
+    cloud = graph.probe.recorded.clouds[-1]
     assert cloud.header.frame_id == "rig"
     points, _, confidence = cloud_from_msg(cloud)
     assert len(points) > 100 and np.isfinite(points).all() and np.isfinite(confidence).all()
-    assert probe.wait_for(lambda r: len(r.tf_static) == len(CAMERAS), WAIT)
-    assert len(probe.recorded.poses[-1].poses) == len(CAMERAS)
+    return points
+
+
+def _finite_cloud_and_camera_frames(graph: Graph) -> np.ndarray:
+    points = _finite_cloud(graph)
+    assert graph.probe.wait_for(lambda r: len(r.tf_static) == len(CAMERAS), WAIT)
+    assert len(graph.probe.recorded.poses[-1].poses) == len(CAMERAS)
     return points
 
 
 @pytest.mark.parametrize("alignment", ["fast", "full"])
-def test_mast3r_with_a_checkpoint_runs_through_the_node(alignment, tmp_path, ros_domain_id):
+def test_mast3r_with_a_checkpoint_runs_through_the_node(alignment, tmp_path):
     rig = SyntheticRig.render(seed=5, width=64, names=CAMERAS)
     params = dict(NETWORK_PARAMS, backend="mast3r", alignment=alignment,
-                  checkpoint=str(PARITY / "mast3r" / "checkpoint.pth"))
-    offset = 40 if alignment == "fast" else 60
-    node, driver, probe, stop = _start_graph(rig, _calibration_file(rig, tmp_path),
-                                             ros_domain_id + offset, params)
-    try:
-        assert _publish_until(lambda: driver.publish_set(20_000_000_000), probe,
-                              lambda r: r.clouds and _reconstructions(probe) > 0)
-        _finite_cloud_and_camera_frames(probe, 0)
-        values = _values(probe.latest_status(PIPELINE))
+                  checkpoint=str(PARITY / "mast3r" / "checkpoint.pth"),
+                  rig_calibration=_calibration_file(rig, tmp_path))
+    with capture_graph(rig, ros_domain("test_node:own graph"), params) as graph:
+        assert graph.publish_until(lambda: graph.driver.publish_set(20_000_000_000),
+                                   lambda r: r.clouds and graph.reconstructions() > 0)
+        _finite_cloud_and_camera_frames(graph)
+        values = graph.pipeline()
         assert values["backend"] == "mast3r" and "stage_network_s" in values
         # the node's own share of the latency: what the backend did not spend
         latency, overhead = float(values["end_to_end_latency_s"]), float(values["node_overhead_s"])
         assert 0 <= overhead < latency
         if alignment == "full":       # the calibration check is reported to the operator
             assert float(values["pose_rotation_max_deg"]) >= 0
-        assert node.poll() is None
-    finally:
-        stop()
+        assert graph.node.poll() is None
 
 
-def test_compare_mode_publishes_every_backend_and_a_summary(tmp_path, ros_domain_id):
+def test_estimated_camera_poses_go_on_tf_with_the_sets_stamp():
+    """Without extrinsics (no rig calibration; intrinsics from CameraInfo) the network's poses
+    are estimates: on ``/tf`` (stamped, re-sent), never latched on ``/tf_static``, and equal to
+    the PoseArray."""
+    rig = SyntheticRig.render(seed=5, width=64, names=CAMERAS)
+    params = dict(NETWORK_PARAMS, backend="mast3r",
+                  checkpoint=str(PARITY / "mast3r" / "checkpoint.pth"))
+    frames = {f"{c}_optical_frame" for c in CAMERAS}
+    with capture_graph(rig, ros_domain("test_node:own graph"), params) as graph:
+        # intrinsics first: a set whose images come before their CameraInfo has none, and
+        # random weights give no camera without them
+        assert graph.publish_until(graph.driver.publish_camera_infos, lambda r: all(
+            graph.camera_status(c)["has_camera_info"] == "True" for c in CAMERAS))
+        stamp = 20_000_000_000
+        assert graph.publish_until(lambda: graph.driver.publish_set(stamp),
+                                   lambda r: r.clouds and frames <= set(r.tf))
+        _finite_cloud(graph)
+        recorded = graph.probe.recorded
+        poses = next(p for p in recorded.poses if len(p.poses) == len(CAMERAS))
+        assert stamp <= stamp_ns(poses.header.stamp) < stamp + 1_000_000
+        for camera, pose in zip(CAMERAS, poses.poses):
+            t = recorded.tf[f"{camera}_optical_frame"]
+            assert t.header.frame_id == "rig"
+            assert stamp_ns(t.header.stamp) >= stamp_ns(poses.header.stamp)  # the set's, or later
+            np.testing.assert_allclose(_rotation(t.transform.rotation),
+                                       _rotation(pose.orientation), atol=1e-9)
+            np.testing.assert_allclose(
+                [t.transform.translation.x, t.transform.translation.y, t.transform.translation.z],
+                [pose.position.x, pose.position.y, pose.position.z], atol=1e-12)
+        assert not frames & set(recorded.tf_static)
+        assert graph.node.poll() is None
+
+
+def test_compare_mode_publishes_every_backend_and_a_summary(tmp_path):
     """fast3r (primary), pow3r and mvs on the same sets; network weights from the cache
     folder (``THREER_ROS_WEIGHTS``) laid out as ``threer-ros weights download`` leaves it."""
     from std_msgs.msg import String
@@ -334,21 +327,20 @@ def test_compare_mode_publishes_every_backend_and_a_summary(tmp_path, ros_domain
     cache.mkdir()
     (cache / ENTRIES["fast3r"].local_name).symlink_to(PARITY / "fast3r" / "checkpoint")
     (cache / ENTRIES["pow3r"].local_name).symlink_to(PARITY / "pow3r" / "checkpoint.pth")
-    params = dict(NETWORK_PARAMS, backend="fast3r", compare_backends="pow3r,mvs")
-    node, driver, probe, stop = _start_graph(rig, _calibration_file(rig, tmp_path),
-                                             ros_domain_id + 120,
-                                             params, env={"THREER_ROS_WEIGHTS": str(cache)})
+    params = dict(NETWORK_PARAMS, backend="fast3r", compare_backends="pow3r,mvs",
+                  rig_calibration=_calibration_file(rig, tmp_path))
     received: dict[str, list] = {"pow3r": [], "mvs": [], "summary": []}
-    try:
+    with capture_graph(rig, ros_domain("test_node:own graph"), params,
+                       env={"THREER_ROS_WEIGHTS": str(cache)}) as graph:
         for name in ("pow3r", "mvs"):
-            driver.create_subscription(PointCloud2, f"/points/{name}",
-                                       received[name].append, 2)
-        driver.create_subscription(String, "/comparison",
-                                   lambda m: received["summary"].append(json.loads(m.data)), 2)
-        assert _publish_until(lambda: driver.publish_set(30_000_000_000), probe,
-                              lambda r: r.clouds and received["summary"]
-                              and received["pow3r"] and received["mvs"])
-        _finite_cloud_and_camera_frames(probe, 0)
+            graph.driver.create_subscription(PointCloud2, f"/points/{name}",
+                                             received[name].append, 2)
+        graph.driver.create_subscription(
+            String, "/comparison", lambda m: received["summary"].append(json.loads(m.data)), 2)
+        assert graph.publish_until(lambda: graph.driver.publish_set(30_000_000_000),
+                                   lambda r: r.clouds and received["summary"]
+                                   and received["pow3r"] and received["mvs"])
+        _finite_cloud_and_camera_frames(graph)
         summary = received["summary"][-1]
         assert summary["primary"] == "fast3r" and not summary["errors"]
         assert set(summary["backends"]) == {"fast3r", "pow3r", "mvs"}
@@ -357,9 +349,7 @@ def test_compare_mode_publishes_every_backend_and_a_summary(tmp_path, ros_domain
             assert values["time_s"] > 0 and "rotation_median_deg" in values
             points, _, _ = cloud_from_msg(received[name][-1])
             assert np.isfinite(points).all()
-        assert node.poll() is None
-    finally:
-        stop()
+        assert graph.node.poll() is None
 
 
 def test_a_slowly_triggered_camera_counts_as_receiving():

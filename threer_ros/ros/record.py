@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import Writer
@@ -32,6 +29,7 @@ from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.data.rosbag import STORAGES, TYPESTORE, BagError, new_bag, qos
 from threer_ros.ros.bag_player import message_class
+from threer_ros.ros.spinning import SpinningNodes
 
 #: How often the ROS graph is checked for the topics still awaited (seconds).
 DISCOVERY_PERIOD_S = 0.5
@@ -117,21 +115,12 @@ def _run(args: argparse.Namespace) -> int:
     except (BagError, OSError) as exc:
         print(f"threer-ros record: {exc}", file=sys.stderr)
         return 2
-    rclpy.init()
-    recorder = BagRecorder(writer, topics)
-    executor = SingleThreadedExecutor()
-    executor.add_node(recorder)
-    deadline = time.monotonic() + args.duration if args.duration > 0 else None
     try:
-        while rclpy.ok() and (deadline is None or time.monotonic() < deadline):
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        # the writer is used by the spinning thread only, and closed once that has ended
+        with SpinningNodes(command_line=True) as ros:
+            recorder = ros.add(BagRecorder(writer, topics, context=ros.context))
+            ros.wait(timeout=args.duration if args.duration > 0 else None)
     finally:
-        executor.remove_node(recorder)
-        recorder.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
         writer.close()
     counts = ", ".join(f"{t} {n}" for t, n in recorder.counts.items()) or "nothing"
     print(f"wrote {writer.path}: {counts}")

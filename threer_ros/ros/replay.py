@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -42,6 +39,7 @@ from threer_ros.data.rosbag import BagError, bag_info
 from threer_ros.ros.bag_player import CAMERA_QOS, BagPlayer
 from threer_ros.ros.convert import (calibration_to_camera_info_fields, encode_compressed,
                                     image_to_msg_fields)
+from threer_ros.ros.spinning import SpinningNodes
 
 if TYPE_CHECKING:
     from threer_ros.data.synthetic import SyntheticRig
@@ -58,12 +56,13 @@ class SyntheticRigPublisher(Node):
         count: Number of sets to publish (0 = until shut down).
         compressed: Publish ``CompressedImage`` (JPEG) on ``<image_topic>/compressed``.
         seed: Seed of the jitter and publication order.
+        node_kwargs: Passed to ``rclpy.node.Node`` (e.g. ``context``).
     """
 
     def __init__(self, rig: SyntheticRig, image_topic: str, camera_info_topic: str,
                  rate_hz: float = 2.0, jitter_s: float = 0.001, count: int = 0,
-                 compressed: bool = False, seed: int = 0) -> None:
-        super().__init__("threer_synthetic_rig")
+                 compressed: bool = False, seed: int = 0, **node_kwargs: Any) -> None:
+        super().__init__("threer_synthetic_rig", **node_kwargs)
         self._rng = np.random.default_rng(seed)
         self._jitter_ns = jitter_s * 1e9
         self._remaining = count if count > 0 else None
@@ -106,26 +105,6 @@ class SyntheticRigPublisher(Node):
             self._remaining -= 1
 
 
-@contextmanager
-def _running(make_node: Callable[[], Node]) -> Iterator[tuple[Node, SingleThreadedExecutor]]:
-    """ROS initialised around the node ``make_node()`` makes, with an executor holding it;
-    Ctrl-C and an external shutdown end the block quietly, and executor, node and ROS are shut
-    down either way (the executor first: see :func:`threer_ros.ros.node.main`)."""
-    rclpy.init()
-    node = make_node()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        yield node, executor
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-
-
 def _run_synthetic(args: argparse.Namespace) -> int:
     from threer_ros.data.synthetic import SyntheticRig  # torch: only for the synthetic rig
 
@@ -137,12 +116,12 @@ def _run_synthetic(args: argparse.Namespace) -> int:
                              {v.name: v.calibration for v in rig.views})
         # flushed: the launch file starts the capture node when it reads the path here
         print(f"wrote the synthetic rig's calibration to {args.write_calibration}", flush=True)
-    with _running(lambda: SyntheticRigPublisher(
+    with SpinningNodes(command_line=True) as ros:      # Ctrl-C ends the block quietly
+        node = ros.add(SyntheticRigPublisher(
             rig, params["image_topic"], params["camera_info_topic"], rate_hz=args.rate or 2.0,
             jitter_s=args.jitter, count=args.count, compressed=args.compressed,
-            seed=args.seed)) as (node, executor):
-        while rclpy.ok() and not node.done.is_set():
-            executor.spin_once(timeout_sec=0.1)
+            seed=args.seed, context=ros.context))
+        ros.wait(node.done)
     return 0
 
 
@@ -154,7 +133,8 @@ def _run_bag(args: argparse.Namespace) -> int:
         print(f"threer-ros replay: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    with _running(lambda: Node("threer_bag_replay")) as (node, _):
+    with SpinningNodes(command_line=True) as ros:      # Ctrl-C ends the block quietly
+        node = ros.add(Node("threer_bag_replay", context=ros.context))
         try:
             player = BagPlayer(node, info, rate=args.rate or 1.0, start_s=args.start,
                                end_s=args.end, restamp=args.restamp, loop=args.loop,

@@ -10,20 +10,17 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
-
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import save_rig_calibration
 from threer_ros.data.synthetic import SyntheticRig
 from threer_ros.ros.node import PIPELINE_STATUS
 from threer_ros.ros.probe import OutputProbe
+from threer_ros.ros.spinning import SpinningNodes
 
 
 @dataclass
@@ -85,23 +82,17 @@ def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
                   "working_width": str(width), "image_reliability": "reliable",
                   **(node_parameters or {})}
     node_args = [arg for key, value in parameters.items() for arg in ("-p", f"{key}:={value}")]
-    rclpy.init()
-    probe = OutputProbe()
-    executor = SingleThreadedExecutor()
-    executor.add_node(probe)
-    threading.Thread(target=executor.spin, daemon=True).start()
     children: list[subprocess.Popen] = []
     try:
-        children.append(subprocess.Popen([sys.executable, "-m", "threer_ros.ros.node",
-                                          "--ros-args", *node_args]))
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "threer_ros.cli", "replay", "--synthetic", "--rate",
-             str(rate_hz), "--width", str(width), "--seed", str(seed)]
-            + (["--compressed"] if compressed else [])))
-        yield SyntheticSession(rig, probe, *children)
+        with SpinningNodes() as ros:        # stopped before the children: nothing to wait on
+            probe = ros.add(OutputProbe(context=ros.context))
+            children.append(subprocess.Popen([sys.executable, "-m", "threer_ros.ros.node",
+                                              "--ros-args", *node_args]))
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "threer_ros.cli", "replay", "--synthetic", "--rate",
+                 str(rate_hz), "--width", str(width), "--seed", str(seed)]
+                + (["--compressed"] if compressed else [])))
+            yield SyntheticSession(rig, probe, *children)
     finally:
-        executor.shutdown()
-        probe.destroy_node()
-        rclpy.shutdown()
         for child in reversed(children):       # the rig first, then the node
             stop_child(child)
