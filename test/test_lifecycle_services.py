@@ -25,8 +25,8 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from threer_ros_interfaces.srv import ReconstructAt, SaveCloud, StartSession  # noqa: E402
 
-from test_node import (CAMERAS, NODE, WAIT, _camera_status, _publish_until,  # noqa: E402
-                       _reconstructions, _start_graph)
+from conftest import ros_domain  # noqa: E402
+from ros_graph import CAMERAS, NODE, WAIT, Graph, capture_graph  # noqa: E402
 from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
 from threer_ros.data.ply import read_ply  # noqa: E402
 from threer_ros.data.rosbag import BagReader  # noqa: E402
@@ -44,8 +44,9 @@ def rig() -> SyntheticRig:
 class Session:
     """The node process, the rig driver/probe, and service calls from this process."""
 
-    def __init__(self, driver, probe) -> None:
-        self.driver, self.probe = driver, probe
+    def __init__(self, graph: Graph) -> None:
+        self.graph, self.driver, self.probe = graph, graph.driver, graph.probe
+        driver = graph.driver
         self.cloud_stamps: list[int] = []      # every cloud's stamp (ns), in arrival order
         self.cloud_sizes: list[int] = []
         self._clients: dict[str, object] = {}
@@ -87,9 +88,9 @@ class Session:
 
     def reconstructed_set(self, stamp_ns: int) -> None:
         """Publish the set at ``stamp_ns`` until a new reconstruction is reported."""
-        done = _reconstructions(self.probe)
-        assert _publish_until(lambda: self.driver.publish_set(stamp_ns), self.probe,
-                              lambda r: _reconstructions(self.probe) > done)
+        done = self.graph.reconstructions()
+        assert self.graph.publish_until(lambda: self.driver.publish_set(stamp_ns),
+                                        lambda r: self.graph.reconstructions() > done)
 
 
 def _subscribed(driver, expected: bool) -> bool:
@@ -114,12 +115,11 @@ def calibration_file(rig, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def session(rig, calibration_file, ros_domain_id):
-    params = {"set_buffer": "3", "working_width": "48", "service_timeout": str(WAIT)}
-    node, driver, probe, stop = _start_graph(rig, str(calibration_file), ros_domain_id + 180,
-                                             params)
-    yield Session(driver, probe)
-    assert node.poll() is None, "the node died"
-    stop()
+    params = {"rig_calibration": str(calibration_file), "set_buffer": "3",
+              "working_width": "48", "service_timeout": str(WAIT)}
+    with capture_graph(rig, ros_domain_id, params) as graph:
+        yield Session(graph)
+        assert graph.node.poll() is None, "the node died"
 
 
 def test_lifecycle_transitions_pause_and_resume_the_node(session):
@@ -237,7 +237,7 @@ def test_parameters_have_descriptors_and_live_ones_take_effect(session):
     assert s.probe.wait_for(lambda r: s.cloud_sizes and s.cloud_sizes[-1] == 321, WAIT)
 
 
-def test_camera_frames_from_image_headers_through_a_urdf_chain(rig, ros_domain_id):
+def test_camera_frames_from_image_headers_through_a_urdf_chain(rig):
     """``rig_calibration: tf`` with rig -> <cam>_link -> <cam>_cam on /tf_static, and images
     whose frame_id is <cam>_cam: poses follow the chain; the node publishes none of them."""
     from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -246,9 +246,9 @@ def test_camera_frames_from_image_headers_through_a_urdf_chain(rig, ros_domain_i
     from threer_ros.ros.convert import transform_msgs
 
     link_to_optical = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], float)
-    node, driver, probe, stop = _start_graph(rig, "tf", ros_domain_id + 200,
-                                             params={"working_width": "48"})
-    try:
+    params = {"rig_calibration": "tf", "working_width": "48"}
+    with capture_graph(rig, ros_domain("test_lifecycle_services:own graph"), params) as graph:
+        driver, probe = graph.driver, graph.probe
         driver.frame_format = "{camera}_cam"
         poses = np.stack([v.calibration.cam_to_rig for v in rig.views])
         links = poses @ np.linalg.inv(link_to_optical)
@@ -262,38 +262,33 @@ def test_camera_frames_from_image_headers_through_a_urdf_chain(rig, ros_domain_i
             tf_pub.publish(TFMessage(transforms=chain))
             driver.publish_camera_infos()
 
-        assert _publish_until(calibrate, probe, lambda r: all(
-            _camera_status(probe, c)["has_extrinsics"] == "True"
-            and _camera_status(probe, c)["frame_id"] == f"{c}_cam" for c in CAMERAS))
-        assert _publish_until(lambda: driver.publish_set(80_000_000_000), probe,
-                              lambda r: any(len(p.poses) == len(CAMERAS) for p in r.poses))
+        assert graph.publish_until(calibrate, lambda r: all(
+            graph.camera_status(c)["has_extrinsics"] == "True"
+            and graph.camera_status(c)["frame_id"] == f"{c}_cam" for c in CAMERAS))
+        assert graph.publish_until(lambda: driver.publish_set(80_000_000_000),
+                                   lambda r: any(len(p.poses) == len(CAMERAS) for p in r.poses))
         full = next(p for p in probe.recorded.poses if len(p.poses) == len(CAMERAS))
         got = np.array([[p.position.x, p.position.y, p.position.z] for p in full.poses])
         np.testing.assert_allclose(got, poses[:, :3, 3], atol=1e-6)
         assert all(probe.recorded.tf_static[f"{c}_cam"].header.frame_id == f"{c}_link"
                    for c in CAMERAS)        # never re-parented by the node
-        assert node.poll() is None
-    finally:
-        stop()
+        assert graph.node.poll() is None
 
 
-def test_without_autostart_the_node_waits_for_configure_and_activate(rig, ros_domain_id):
-    node, driver, probe, stop = _start_graph(rig, "''", ros_domain_id + 220,   # YAML ''
-                                             params={"autostart": "false"})
-    try:
-        s = Session(driver, probe)
+def test_without_autostart_the_node_waits_for_configure_and_activate(rig):
+    params = {"rig_calibration": "''", "autostart": "false"}        # YAML ''
+    with capture_graph(rig, ros_domain("test_lifecycle_services:own graph"), params) as graph:
+        s = Session(graph)
         assert s.state() == State.PRIMARY_STATE_UNCONFIGURED
-        status = probe.latest_status(pipeline_status_name(NODE))
+        status = graph.probe.latest_status(pipeline_status_name(NODE))
         assert status.level != DiagnosticStatus.OK and "unconfigured" in status.message
         assert s.transition(Transition.TRANSITION_CONFIGURE)
         assert s.state() == State.PRIMARY_STATE_INACTIVE
         assert s.transition(Transition.TRANSITION_ACTIVATE)
-        assert _subscribed(driver, True)
+        assert _subscribed(graph.driver, True)
         assert s.transition(Transition.TRANSITION_DEACTIVATE)
         assert s.transition(Transition.TRANSITION_CLEANUP)
         assert s.call(ChangeState, "change_state", ChangeState.Request(
             transition=Transition(label="shutdown"))).success
         assert s.state() == State.PRIMARY_STATE_FINALIZED
-        assert node.poll() is None            # finalized, still answering until stopped
-    finally:
-        stop()
+        assert graph.node.poll() is None      # finalized, still answering until stopped

@@ -17,7 +17,8 @@ does), then measures two things:
 
 The first ``--warmup`` clouds (CUDA start-up, compilation) are left out and the next ``--sets``
 measured; the report is a table and optionally JSON (with every cloud's stamp and receipt time,
-for latency-over-time plots). ``--compressed`` has the rig send JPEG ``CompressedImage``.
+for latency-over-time plots). ``--compressed`` has the rig send JPEG ``CompressedImage``;
+``--workers N`` starts N capture nodes that share the sets (one per GPU).
 """
 
 from __future__ import annotations
@@ -150,11 +151,13 @@ def run_latency(args: argparse.Namespace) -> int:
                   "image_transport": "compressed" if args.compressed else "raw", **parameters}
     log = ReconstructionLog()
     wanted = args.warmup + args.sets
-    print(f"latency of the capture node: {parameters}; synthetic rig at {args.width} px, "
-          f"{args.rate} Hz{', JPEG' if args.compressed else ''}; {args.warmup} warm-up + "
-          f"{args.sets} measured clouds")
+    print(f"latency of the capture node: {parameters}"
+          + (f", {args.workers} workers" if args.workers > 1 else "")
+          + f"; synthetic rig at {args.width} px, {args.rate} Hz"
+          f"{', JPEG' if args.compressed else ''}; {args.warmup} warm-up + {args.sets} "
+          "measured clouds")
     with synthetic_session(args.out, args.width, args.rate, args.seed, parameters,
-                           compressed=args.compressed) as session:
+                           compressed=args.compressed, workers=args.workers) as session:
         deadline = time.monotonic() + args.timeout
         while not session.probe.wait_for(lambda r: len(r.cloud_arrivals) >= wanted,
                                          timeout=1.0):
@@ -182,7 +185,7 @@ def run_latency(args: argparse.Namespace) -> int:
     if args.json:
         report = {"environment": environment(), "command": " ".join(sys.argv),
                   "parameters": parameters, "width": args.width, "rate_hz": args.rate,
-                  "compressed": args.compressed, "stream": stream,
+                  "compressed": args.compressed, "workers": args.workers, "stream": stream,
                   "cloud_arrivals_ns": arrivals, "summary_s": summary, "samples_s": measured,
                   "warmup_samples_s": warmup}
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +208,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="another node parameter (repeatable), e.g. pair_batch:=68")
     p.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
+    p.add_argument("--workers", type=int, default=1,
+                   help="capture nodes sharing the rig's sets (with --device cuda, one per GPU: "
+                        "cuda:0, cuda:1, ...); the diagnostics are the first worker's")
     p.add_argument("--compressed", action="store_true",
                    help="the rig publishes JPEG CompressedImage (the node decodes them)")
     p.add_argument("--timeout", type=float, default=600.0,

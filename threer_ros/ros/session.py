@@ -18,7 +18,7 @@ from typing import Iterator, Mapping
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import save_rig_calibration
 from threer_ros.data.synthetic import SyntheticRig
-from threer_ros.ros.node import PIPELINE_STATUS
+from threer_ros.ros.node import NODE_NAME, PIPELINE_STATUS
 from threer_ros.ros.probe import OutputProbe
 from threer_ros.ros.spinning import SpinningNodes
 
@@ -29,12 +29,20 @@ class SyntheticSession:
 
     rig: SyntheticRig
     probe: OutputProbe
-    node: subprocess.Popen
     replay: subprocess.Popen
+    workers: list[subprocess.Popen]     # capture nodes; the first is named like the default
+
+    @property
+    def node(self) -> subprocess.Popen:
+        """The (first) capture node."""
+        return self.workers[0]
 
     def exited_early(self) -> str | None:
-        """A message naming the child that has exited, or None while both run."""
-        for name, process in (("capture node", self.node), ("synthetic rig", self.replay)):
+        """A message naming the child that has exited, or None while all run."""
+        children = [("synthetic rig", self.replay)] + [
+            (f"capture node {i}" if len(self.workers) > 1 else "capture node", worker)
+            for i, worker in enumerate(self.workers)]
+        for name, process in children:
             if process.poll() is not None:
                 return f"the {name} exited early with status {process.returncode}"
         return None
@@ -43,6 +51,18 @@ class SyntheticSession:
         """The key/values of the node's newest pipeline status (empty before the first)."""
         status = self.probe.latest_status(PIPELINE_STATUS)
         return {kv.key: kv.value for kv in status.values} if status else {}
+
+
+def _worker_arguments(parameters: Mapping[str, str], index: int, workers: int,
+                      rate_hz: float) -> list[str]:
+    """``--ros-args`` of capture node ``index`` of ``workers`` (see :func:`synthetic_session`)."""
+    own = dict(parameters)
+    if workers > 1:
+        own.update(worker_index=str(index), worker_count=str(workers), trigger_rate=str(rate_hz))
+        if own.get("device", "").startswith("cuda"):
+            own["device"] = f"cuda:{index}"
+    args = ["--ros-args", *(a for k, v in own.items() for a in ("-p", f"{k}:={v}"))]
+    return args + (["-r", f"__node:={NODE_NAME}_{index}"] if index else [])
 
 
 def stop_child(process: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -60,7 +80,8 @@ def stop_child(process: subprocess.Popen, timeout_s: float = 120.0) -> None:
 @contextmanager
 def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
                       node_parameters: Mapping[str, str] | None = None,
-                      compressed: bool = False) -> Iterator[SyntheticSession]:
+                      compressed: bool = False, workers: int = 1
+                      ) -> Iterator[SyntheticSession]:
     """Start the synthetic rig (``width`` px portrait images, ``rate_hz`` sets per second) and
     the capture node, and spin a probe on the node's outputs; stop all three on exit.
 
@@ -81,18 +102,20 @@ def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
     parameters = {"rig_calibration": str(calibration), "backend": "mvs",
                   "working_width": str(width), "image_reliability": "reliable",
                   **(node_parameters or {})}
-    node_args = [arg for key, value in parameters.items() for arg in ("-p", f"{key}:={value}")]
     children: list[subprocess.Popen] = []
     try:
         with SpinningNodes() as ros:        # stopped before the children: nothing to wait on
             probe = ros.add(OutputProbe(context=ros.context))
-            children.append(subprocess.Popen([sys.executable, "-m", "threer_ros.ros.node",
-                                              "--ros-args", *node_args]))
-            children.append(subprocess.Popen(
+            for index in range(workers):
+                children.append(subprocess.Popen([sys.executable, "-m", "threer_ros.ros.node",
+                                                  *_worker_arguments(parameters, index,
+                                                                     workers, rate_hz)]))
+            replay = subprocess.Popen(
                 [sys.executable, "-m", "threer_ros.cli", "replay", "--synthetic", "--rate",
                  str(rate_hz), "--width", str(width), "--seed", str(seed)]
-                + (["--compressed"] if compressed else [])))
-            yield SyntheticSession(rig, probe, *children)
+                + (["--compressed"] if compressed else []))
+            children.append(replay)
+            yield SyntheticSession(rig, probe, replay, children[:-1])
     finally:
-        for child in reversed(children):       # the rig first, then the node
+        for child in reversed(children):       # the rig first, then the nodes
             stop_child(child)
