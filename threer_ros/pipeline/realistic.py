@@ -62,8 +62,8 @@ class Perturbation:
             nonsense depths within 30 % of the camera's distance to the rig origin.
         garbage_confidence: Their confidence.
         poor_view: Index (camera order of the frame set) of a poor view; -1: none.
-        poor_factor: The poor view's noise, warp and focal error are this many times larger and
-            its confidences ``1 + (c - 1) / poor_factor``.
+        poor_factor: The poor view's noise, warp and focal deviation from ``focal_error`` are
+            this many times larger and its confidences ``1 + (c - 1) / poor_factor``.
         prior_weight: How far Pow3R follows its priors: known rays scale the focal error by
             ``1 - prior_weight``; a known relative pose moves the pair's second view that far
             from the true relative pose towards the prior.
@@ -191,7 +191,7 @@ def view_answer(points: torch.Tensor, head: torch.Tensor, confidence: torch.Tens
         conf = torch.where(blob, torch.full_like(conf, p.garbage_confidence), conf)
     if poor > 1:
         conf = 1 + (conf - 1) / poor
-    focal_factor = 1 + poor * (p.focal_error + p.focal_spread * float(rng.standard_normal()))
+    focal_factor = 1 + p.focal_error + poor * p.focal_spread * float(rng.standard_normal())
     described = points + p.descriptor_noise * torch.from_numpy(rng.standard_normal((H, W, 3)))
     if p.descriptor_outliers > 0:
         swap = torch.from_numpy(rng.random((H, W)) < p.descriptor_outliers)
