@@ -357,7 +357,7 @@ def _network_backend(name: str, frames, options, device: torch.device):
     from threer_ros.pipeline.pairwise import (MASt3RReconstructor, PairSettings,
                                               Pow3RReconstructor)
 
-    settings = options.network_settings()
+    settings = options.network_settings(name)
     torch.manual_seed(0)
     with device:
         released = build_model(RELEASED[name])

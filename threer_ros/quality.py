@@ -57,7 +57,7 @@ def oracle_backend(name: str, frames, options, perturbation, unit: float = 0.4):
     from threer_ros.pipeline.pairwise import (MASt3RReconstructor, PairSettings,
                                               Pow3RReconstructor)
 
-    settings = options.network_settings()
+    settings = options.network_settings(name)
     if name == "fast3r":
         return Fast3RReconstructor(OracleFast3R(frames, settings.image_size, unit,
                                                 perturbation, settings.device), settings)

@@ -13,8 +13,8 @@ pair's pointmaps onto the views' back-projected depth maps.
   cosine learning-rate decay), as DUSt3R's global aligner does.
 * :func:`threer_ros.geometry.sparse_alignment.refine_sparse` uses only pixel correspondences
   (MASt3R's descriptor matches) instead, with the camera parametrisation defined here.
-* :func:`calibrated_points` is the calibrated fast path: poses and intrinsics fixed, one
-  closed-form scale per pair.
+* :func:`calibrated_points` is the calibrated fast path: poses and intrinsics fixed, the
+  networks' depths along the calibrated rays, one closed-form scale per pair.
 
 Conventions: OpenCV optical frames, camera-to-world 4x4 poses, principal point at the image
 centre unless intrinsics are given; all tensors on one device, float32 optimisation with
@@ -29,9 +29,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from threer_ros.geometry.cameras import depths_to_rig, rays_of_views
 from threer_ros.geometry.optimisation import compiled_if, minimise
 from threer_ros.geometry.registration import (estimate_focal, fit_similarity_batched,
-                                              pixel_grid, ray_consistent_scale)
+                                              focal_stretch, pixel_grid, ray_consistent_scale)
 
 
 @dataclass(frozen=True)
@@ -364,27 +365,36 @@ def calibrated_points(pred: PairPredictions, intrinsics: torch.Tensor,
                       cam_to_rig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Calibrated fast path: rig-frame points ``(N, H, W, 3)`` and confidence ``(N, H, W)``.
 
-    Each pair's unit is fixed by the closed-form scale that puts its second view's points on
-    the calibrated rays of that camera; each view's points are then its own-frame pointmaps
-    placed by its calibrated pose, averaged over the pairs it leads (confidence-weighted).
+    As the official known-pose mode does, only the networks' depths are kept: each view's
+    points are its depth map along its calibrated rays, placed by its calibrated pose (a
+    network's own x and y carry its focal error and would fan the views out sideways). Each
+    pair's unit is the closed-form, re-weighted scale that puts its second view's points on the
+    calibrated rays of that camera, after undoing the stretch of the pair's answers by the
+    focal error of its first view (:func:`~threer_ros.geometry.registration.focal_stretch`);
+    each view's depth is the confidence-weighted mean of the
+    scaled depths of the pairs it leads. Pixels no pair puts in front of the camera are NaN.
     """
     E = len(pred.first)
     H, W = pred.shape
     dev = pred.points1.device
-    pixels = torch.cat([pixel_grid(H, W, intrinsics), torch.ones(H, W, 1, dtype=intrinsics.dtype,
-                                                                 device=dev)], -1).reshape(-1, 3)
-    rays = torch.einsum("nij,pj->npi", torch.linalg.inv(intrinsics.double()), pixels.double())
+    rays = rays_of_views(intrinsics.double(), H, W).reshape(len(intrinsics), -1, 3)
     pose_i, pose_j = cam_to_rig[pred.first].double(), cam_to_rig[pred.second].double()
     directions = torch.einsum("eij,epj->epi", pose_j[:, :3, :3], rays[pred.second])
-    scale = ray_consistent_scale(pred.points2.reshape(E, -1, 3), pose_i,
+    # the pair's answers are in camera i's frame, stretched by i's focal error: undo it
+    trusted = pred.conf1 >= pred.conf1.flatten(1).median(1).values[:, None, None]
+    stretch = focal_stretch(pred.points1, intrinsics[pred.first], trusted)
+    second = torch.cat([pred.points2[..., :2].double() * stretch[:, None, None, None],
+                        pred.points2[..., 2:].double()], -1)
+    scale = ray_consistent_scale(second.reshape(E, -1, 3), pose_i,
                                  pose_j[:, None, :3, 3].expand_as(directions), directions,
                                  pred.conf2.reshape(E, -1))
-    placed = _apply(scale, pose_i[:, :3, :3], pose_i[:, :3, 3], pred.points1.double())
+    depth = scale[:, None, None] * pred.points1[..., 2].double()
     n = len(cam_to_rig)
-    weight = pred.conf1.double()
-    sums = torch.zeros(n, H, W, 3, dtype=torch.float64, device=dev)
-    sums.index_add_(0, pred.first, placed * weight[..., None])
+    weight = torch.where(depth > 0, pred.conf1.double(), 0.0)
+    sums = torch.zeros(n, H, W, dtype=torch.float64, device=dev).index_add_(
+        0, pred.first, torch.where(depth > 0, depth, 0.0) * weight)
     total = torch.zeros(n, H, W, dtype=torch.float64, device=dev).index_add_(0, pred.first,
                                                                               weight)
+    mean_depth = torch.where(total > 0, sums / total.clamp(min=1e-300), float("nan"))
     confidence = _max_per_view(pred.first, pred.conf1, n)
-    return sums / total.clamp(min=1e-12)[..., None], confidence
+    return depths_to_rig(mean_depth, intrinsics.double(), cam_to_rig.double()), confidence

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from threer_ros.geometry.fusion import FusionSettings, fuse_points
+from threer_ros.geometry.fusion import FusionSettings, fuse_points, view_confidence_mask
 from threer_ros.geometry.registration import align_to_reference
 from threer_ros.models.preprocess import crop_geometry, prepare_images_torch
 from threer_ros.pipeline.types import FrameSet, Reconstruction
@@ -170,7 +170,8 @@ def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tens
              cam_to_world: np.ndarray, intrinsics: np.ndarray, stamp_ns: int,
              settings: NetworkSettings, timings: dict[str, float], from_calibration: bool,
              info: dict[str, float] | None = None) -> Reconstruction:
-    """Fuse per-view pointmaps into a :class:`Reconstruction` in the rig frame.
+    """Fuse per-view pointmaps into a :class:`Reconstruction` in the rig frame (after the
+    per-view confidence rules of ``settings.fusion``).
 
     Args:
         points: ``(N, h, w, 3)`` points of every network pixel, in the frame of ``cam_to_world``.
@@ -194,6 +195,8 @@ def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tens
         pts = to_rig.apply(pts)
         poses, from_calibration = images.cam_to_rig, True
         info.update(disagreement.summary(), rig_scale=to_rig.scale)
+    kept = view_confidence_mask(confidence, settings.fusion).reshape(-1).to(pts.device)
+    pts = torch.where(kept[:, None], pts, float("nan"))
     colors = torch.from_numpy(images.colors.reshape(-1, 3)).to(pts.device)
     fused = fuse_points(pts, colors, confidence.float().reshape(-1), settings.fusion)
     timings["fusion"] = time.perf_counter() - t0
