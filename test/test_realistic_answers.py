@@ -37,8 +37,9 @@ def _quality(rig, truth, backend: str, alignment: str, focal_error: float):
     perturbation = realistic(1, focal_error=focal_error, focal_spread=0.01 if focal_error else 0)
     recon = oracle_backend(backend, frames, replace(OPTIONS, alignment=alignment),
                            perturbation).reconstruct(frames)
-    true_K = prepare_network_images(frames, SIZE, "cpu").intrinsics
-    return score(recon, true_K, truth, focal_error, backend, alignment)
+    images = prepare_network_images(frames, SIZE, "cpu")
+    return score(recon, images.intrinsics, images.cam_to_rig, truth, focal_error, backend,
+                 alignment)
 
 
 @pytest.mark.parametrize("alignment", ["fast", "full"])

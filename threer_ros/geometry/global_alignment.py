@@ -58,13 +58,20 @@ class PairPredictions:
         return tuple(self.points1.shape[1:3])
 
 
+#: Final learning rate of the dense alignment's cosine decay (the official aligner's).
+DENSE_LR_MIN = 1e-6
+#: Learning-rate factor of the dense alignment's log focal: upstream optimises ``20 log f``.
+FOCAL_RATE = 1 / 20
+
+
 @dataclass(frozen=True)
 class AlignmentSettings:
     """Optimisation settings (defaults as the upstream demos: 300 steps at lr 0.01).
 
     Attributes:
         iterations: Adam steps of the dense refinement (and of each sparse stage).
-        lr: Initial learning rate (cosine decay to ``lr / 100``).
+        lr: Initial learning rate (cosine decay to ``lr / 100``; the dense alignment's to
+            :data:`DENSE_LR_MIN`).
         grid: Pixel spacing of the sparse refinement's depth-correction grid.
         compile: ``torch.compile`` the losses (forward and backward fused into a few kernels
             per step; each new problem shape compiles once per process, tens of seconds).
@@ -315,25 +322,27 @@ class _DenseTargets(NamedTuple):
 
 def _dense_loss(cams: CameraState, pair_quat: torch.Tensor, pair_trans: torch.Tensor,
                 pair_log_scale: torch.Tensor, targets: _DenseTargets) -> torch.Tensor:
-    """Mean over pairs of the weighted distance between ``S_e`` applied to the pair's
-    pointmaps and the views' back-projected depths (pair log scales centred)."""
+    """Weighted distance between ``S_e`` applied to the pairs' pointmaps and the views'
+    back-projected depths, summed over all pairs and divided by their total pixel count, as
+    the official aligner normalises it (pair log scales centred)."""
     world = _back_project(cams.log_depth.exp(), cams.log_focal.exp(), cams.principal_point,
                           quaternion_to_rotation(cams.quat), cams.trans)
     scale = (pair_log_scale - pair_log_scale.mean()).exp()
     rot = quaternion_to_rotation(pair_quat)
     d1 = (_apply(scale, rot, pair_trans, targets.points1) - world[targets.first]).norm(dim=-1)
     d2 = (_apply(scale, rot, pair_trans, targets.points2) - world[targets.second]).norm(dim=-1)
-    return (((targets.weight1 * d1).sum((1, 2)) + (targets.weight2 * d2).sum((1, 2)))
-            / targets.norm).mean()
+    return ((targets.weight1 * d1).sum() + (targets.weight2 * d2).sum()) / targets.norm
 
 
 def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentSettings,
                  optimise_focal: bool = True) -> tuple[ViewEstimate, float]:
     """DUSt3R-style dense global alignment from ``init``; returns the views and final loss.
 
-    The loss is the mean over pairs of the ``log(conf)``-weighted Euclidean distance between
-    ``S_e`` applied to the pair's pointmaps and the views' back-projected depths; the pairs'
-    log scales are centred (geometric mean 1) to fix the gauge.
+    The loss is the ``log(conf)``-weighted Euclidean distance between ``S_e`` applied to the
+    pairs' pointmaps and the views' back-projected depths over all pixels of all pairs,
+    divided by their number; the pairs' log scales are centred (geometric mean 1) to fix the
+    gauge. As upstream, the learning rate decays (cosine) to 1e-6, and the focal length moves
+    as ``20 log f`` would (its learning rate a twentieth of the others').
     """
     targets = init.points()
     s, R, t = fit_similarity_batched(
@@ -352,12 +361,12 @@ def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentS
     pair_log_scale = torch.nn.Parameter((s / gauge).float().log())
     w1, w2 = pred.conf1.float().log(), pred.conf2.float().log()
     dense = _DenseTargets(pred.first, pred.second, pred.points1.float(), pred.points2.float(),
-                          w1, w2, (w1.sum((1, 2)) + w2.sum((1, 2))).clamp(min=1e-9))
+                          w1, w2, torch.tensor(float(w1.numel()), device=w1.device))
     loss = compiled_if(settings.compile, _dense_loss)
-    final = minimise([([cams.quat, cams.trans, cams.log_focal, cams.log_depth, pair_quat,
-                       pair_trans, pair_log_scale], 1.0)],
+    final = minimise([([cams.quat, cams.trans, cams.log_depth, pair_quat, pair_trans,
+                        pair_log_scale], 1.0), ([cams.log_focal], FOCAL_RATE)],
                      lambda: loss(cams.state(), pair_quat, pair_trans, pair_log_scale, dense),
-                     settings.iterations, settings.lr)
+                     settings.iterations, settings.lr, lr_min=DENSE_LR_MIN)
     return cams.estimate(cams.log_depth.detach().exp(), init.confidence), final
 
 

@@ -59,6 +59,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     return model.to(device=device, dtype=dtype).eval()
 
 
+#: Module names of the output heads (points, confidences, MASt3R's descriptors).
+_HEADS = re.compile(r"^downstream_head\w*$")
+
+
+def heads_to_float32(model: nn.Module) -> int:
+    """Cast the output heads of a model built here to float32, in place, as the official code
+    runs them (outside autocast, in float32) while the trunk may run in bfloat16; the heads
+    take the trunk's tokens cast to their dtype. Returns how many heads were cast."""
+    heads = [module for name, module in model.named_children() if _HEADS.match(name)]
+    for head in heads:
+        head.float()
+    return len(heads)
+
+
 #: Module names of the units :func:`compile_blocks` compiles: transformer blocks and heads.
 _COMPILED_UNITS = re.compile(r"(?:^|\.)(?:enc_blocks|dec_blocks2?)\.\d+$|^downstream_head\w*$")
 
@@ -79,4 +93,4 @@ def compile_blocks(model: nn.Module) -> int:
 
 
 __all__ = ["CheckpointError", "DPTWidths", "ModelSpec", "SpecError", "build_model",
-           "compile_blocks", "load_model", "parse_constructor"]
+           "compile_blocks", "heads_to_float32", "load_model", "parse_constructor"]

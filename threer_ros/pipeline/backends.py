@@ -53,7 +53,8 @@ class BackendOptions:
         confidence_threshold: Points below this confidence are dropped; -1: the backend's
             official rule (:data:`OFFICIAL_CONFIDENCE`).
         network_size: Long side (pixels) of the network images (512 for released weights).
-        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto`` (CUDA: bf16 trunk with fp32 heads; CPU: fp32), ``fp32``,
+            ``bf16-trunk``, ``bf16`` (heads too: faster, less exact) or ``fp16``.
         use_calibration: Use known intrinsics/extrinsics in the network backends.
         alignment: ``auto`` | ``fast`` (calibrated poses fixed) | ``full`` (estimate all).
         pair_graph: Pairs of the pairwise backends: ``complete``, ``knn`` (each camera with its
