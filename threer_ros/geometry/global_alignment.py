@@ -370,6 +370,22 @@ def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentS
     return cams.estimate(cams.log_depth.detach().exp(), init.confidence), final
 
 
+def unstretched(pred: PairPredictions, intrinsics: torch.Tensor) -> PairPredictions:
+    """The pairs' answers with the stretch of each pair's first camera's focal
+    error undone, given the calibrated ``(N, 3, 3)`` intrinsics: both pointmaps of a pair are
+    in its first camera's frame, where a network that misjudges that camera's focal by a
+    factor ``r`` divides x and y by ``r``
+    (:func:`~threer_ros.geometry.registration.focal_stretch`)."""
+    trusted = pred.conf1 >= pred.conf1.flatten(1).median(1).values[:, None, None]
+    ratio = focal_stretch(pred.points1, intrinsics[pred.first], trusted)[:, None, None, None]
+
+    def undo(points: torch.Tensor) -> torch.Tensor:
+        return torch.cat([points[..., :2] * ratio.to(points.dtype), points[..., 2:]], -1)
+
+    return PairPredictions(pred.first, pred.second, undo(pred.points1), undo(pred.points2),
+                           pred.conf1, pred.conf2)
+
+
 def calibrated_points(pred: PairPredictions, intrinsics: torch.Tensor,
                       cam_to_rig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Calibrated fast path: rig-frame points ``(N, H, W, 3)`` and confidence ``(N, H, W)``.
@@ -379,9 +395,8 @@ def calibrated_points(pred: PairPredictions, intrinsics: torch.Tensor,
     network's own x and y carry its focal error and would fan the views out sideways). Each
     pair's unit is the closed-form, re-weighted scale that puts its second view's points on the
     calibrated rays of that camera, after undoing the stretch of the pair's answers by the
-    focal error of its first view (:func:`~threer_ros.geometry.registration.focal_stretch`);
-    each view's depth is the confidence-weighted mean of the
-    scaled depths of the pairs it leads. Pixels no pair puts in front of the camera are NaN.
+    focal error of its first view (:func:`unstretched`); each view's depth is the
+    confidence-weighted mean of the scaled depths of the pairs it leads. Pixels no pair puts in front of the camera are NaN.
     """
     E = len(pred.first)
     H, W = pred.shape
@@ -389,12 +404,8 @@ def calibrated_points(pred: PairPredictions, intrinsics: torch.Tensor,
     rays = rays_of_views(intrinsics.double(), H, W).reshape(len(intrinsics), -1, 3)
     pose_i, pose_j = cam_to_rig[pred.first].double(), cam_to_rig[pred.second].double()
     directions = torch.einsum("eij,epj->epi", pose_j[:, :3, :3], rays[pred.second])
-    # the pair's answers are in camera i's frame, stretched by i's focal error: undo it
-    trusted = pred.conf1 >= pred.conf1.flatten(1).median(1).values[:, None, None]
-    stretch = focal_stretch(pred.points1, intrinsics[pred.first], trusted)
-    second = torch.cat([pred.points2[..., :2].double() * stretch[:, None, None, None],
-                        pred.points2[..., 2:].double()], -1)
-    scale = ray_consistent_scale(second.reshape(E, -1, 3), pose_i,
+    pred = unstretched(pred, intrinsics)
+    scale = ray_consistent_scale(pred.points2.reshape(E, -1, 3), pose_i,
                                  pose_j[:, None, :3, 3].expand_as(directions), directions,
                                  pred.conf2.reshape(E, -1))
     depth = scale[:, None, None] * pred.points1[..., 2].double()

@@ -28,7 +28,7 @@ from torch import nn
 
 from threer_ros.geometry.global_alignment import (AlignmentSettings, PairPredictions,
                                                   calibrated_points, refine_dense,
-                                                  spanning_tree_init)
+                                                  spanning_tree_init, unstretched)
 from threer_ros.geometry.sparse_alignment import Correspondences, refine_sparse
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
                                          load_network, prepare_network_images)
@@ -183,6 +183,7 @@ class PairwiseReconstructor:
         if known:
             K = torch.as_tensor(images.intrinsics, device=pred.points1.device)
             focal, principal = (K[:, 0, 0] + K[:, 1, 1]) / 2, K[:, :2, 2]
+            pred = unstretched(pred, K)     # known focal: undo the networks' focal errors
         with torch.enable_grad():
             init = spanning_tree_init(pred, n, focal, principal)
             timings["init"] = time.perf_counter() - t0
