@@ -42,8 +42,13 @@ def _quality(rig, truth, backend: str, alignment: str, focal_error: float):
                  alignment)
 
 
-@pytest.mark.parametrize("alignment", ["fast", "full"])
-@pytest.mark.parametrize("backend", ["fast3r", "mast3r", "pow3r"])
+SPARSE = pytest.mark.xfail(reason="MASt3R's full alignment: the published sparse alignment "
+                                  "replaces this one (issue 15 item 6)", strict=False)
+
+
+@pytest.mark.parametrize("backend, alignment", [
+    ("fast3r", "fast"), ("fast3r", "full"), ("mast3r", "fast"),
+    pytest.param("mast3r", "full", marks=SPARSE), ("pow3r", "fast"), ("pow3r", "full")])
 def test_a_five_percent_focal_error_costs_at_most_a_fifth(rig, truth, backend, alignment):
     exact = _quality(rig, truth, backend, alignment, 0.0)
     wrong = _quality(rig, truth, backend, alignment, 0.05)
@@ -67,22 +72,27 @@ def _moved(frames: FrameSet, camera: int, shift_m: float = 0.0, turn_deg: float 
     return FrameSet(tuple(out), frames.stamp_ns)
 
 
+def _disagreement(rig, frames: FrameSet) -> dict[str, float]:
+    """Pow3R's full alignment of ``frames``' calibration against a network of the true rig."""
+    backend = oracle_backend("pow3r", rig.frame_set(0), replace(OPTIONS, alignment="full"),
+                             realistic(1))
+    return backend.reconstruct(frames).info
+
+
+@pytest.fixture(scope="module")
+def still(rig) -> dict[str, float]:
+    """The disagreement when nothing moved: the floor a moved camera must rise above."""
+    return _disagreement(rig, rig.frame_set(0))
+
+
 @pytest.mark.parametrize("move", [{"shift_m": 0.01}, {"turn_deg": 1.0}], ids=["1cm", "1deg"])
-def test_pow3r_full_alignment_sees_a_moved_camera(rig, move):
+def test_pow3r_full_alignment_sees_a_moved_camera(rig, still, move):
     """The network sees the true rig; the calibration it is checked against has camera 3
-    where it used to be. Its disagreement must stand out of the others'."""
-    true_frames = rig.frame_set(0)
-    options = replace(OPTIONS, alignment="full")
-    perturbation = realistic(1)
-
-    def disagreement(frames):
-        backend = oracle_backend("pow3r", true_frames, options, perturbation)
-        return backend.reconstruct(frames).info
-
-    still = disagreement(true_frames)
-    moved = disagreement(_moved(true_frames, 3, **move))
+    where it used to be. The largest disagreement must rise well above the floor (the
+    realistic errors, a poor view among them, leave a few millimetres and tenths of a degree)."""
+    moved = _disagreement(rig, _moved(rig.frame_set(0), 3, **move))
     if "shift_m" in move:
-        assert moved["pose_centre_max_m"] > 0.006 > 2 * still["pose_centre_max_m"], (still, moved)
+        assert moved["pose_centre_max_m"] > still["pose_centre_max_m"] + 0.005, (still, moved)
     else:
-        assert moved["pose_rotation_max_deg"] > 0.6 > 2 * still["pose_rotation_max_deg"], \
+        assert moved["pose_rotation_max_deg"] > still["pose_rotation_max_deg"] + 0.5, \
             (still, moved)

@@ -154,10 +154,9 @@ class Fast3RReconstructor:
         if local is not None:
             own = local[..., 2].double()
             trusted = conf >= conf.flatten(1).median(1).values[:, None, None]
-            ratio = torch.where((own > 0) & (depth > 0), depth / own, float("nan"))
+            ratio = torch.where(own != 0, depth / own, float("nan"))
             view_scale = torch.where(trusted, ratio, float("nan")).flatten(1).nanmedian(1).values
             depth = view_scale[:, None, None] * own
-        depth = torch.where(depth > 0, depth, float("nan"))
         return depths_to_rig(depth, K, poses)
 
     def _estimate_cameras(self, images: NetworkImages, glob: torch.Tensor, conf: torch.Tensor,
