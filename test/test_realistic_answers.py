@@ -88,11 +88,10 @@ def still(rig) -> dict[str, float]:
 @pytest.mark.parametrize("move", [{"shift_m": 0.01}, {"turn_deg": 1.0}], ids=["1cm", "1deg"])
 def test_pow3r_full_alignment_sees_a_moved_camera(rig, still, move):
     """The network sees the true rig; the calibration it is checked against has camera 3
-    where it used to be. The largest disagreement must rise well above the floor (the
-    realistic errors, a poor view among them, leave a few millimetres and tenths of a degree)."""
+    where it used to be. The largest disagreement must stand out: three times the floor (the
+    largest without a move) and at least 40 % of the move (the Sim(3) onto all calibrated
+    centres absorbs part of one camera's move)."""
     moved = _disagreement(rig, _moved(rig.frame_set(0), 3, **move))
-    if "shift_m" in move:
-        assert moved["pose_centre_max_m"] > still["pose_centre_max_m"] + 0.005, (still, moved)
-    else:
-        assert moved["pose_rotation_max_deg"] > still["pose_rotation_max_deg"] + 0.5, \
-            (still, moved)
+    key, size = ("pose_centre_max_m", move["shift_m"]) if "shift_m" in move \
+        else ("pose_rotation_max_deg", move["turn_deg"])
+    assert moved[key] > max(3 * still[key], 0.4 * size), (still, moved)
