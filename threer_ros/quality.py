@@ -132,8 +132,9 @@ def format_row(row: QualityRow) -> str:
     def mm(v: float) -> str:
         return "-" if not np.isfinite(v) else f"{1e3 * v:.2f}"
 
-    pose = "-" if not np.isfinite(row.rotation_max_deg) else \
-        f"{row.rotation_max_deg:.2f} / {mm(row.centre_max_m)} / {100 * row.focal_error_estimated:.1f}"
+    pose = "-" if not np.isfinite(row.rotation_max_deg) else (
+        f"{row.rotation_max_deg:.2f} / {mm(row.centre_max_m)} / "
+        f"{100 * row.focal_error_estimated:.1f}")
     return (f"| {row.backend} | {row.alignment} | {100 * row.focal_error:.0f} % | "
             f"{mm(row.median)} | {mm(row.mean)} | {100 * row.completeness_2mm:.1f} | "
             f"{100 * row.completeness_5mm:.1f} | {pose} |")

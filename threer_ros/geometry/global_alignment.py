@@ -396,7 +396,8 @@ def calibrated_points(pred: PairPredictions, intrinsics: torch.Tensor,
     pair's unit is the closed-form, re-weighted scale that puts its second view's points on the
     calibrated rays of that camera, after undoing the stretch of the pair's answers by the
     focal error of its first view (:func:`unstretched`); each view's depth is the
-    confidence-weighted mean of the scaled depths of the pairs it leads. Pixels no pair puts in front of the camera are NaN.
+    confidence-weighted mean of the scaled depths of the pairs it leads. Pixels no pair puts
+    in front of the camera are NaN.
     """
     E = len(pred.first)
     H, W = pred.shape

@@ -8,9 +8,10 @@ Fast3R predicts, for every view, a pointmap in the first view's camera frame (gl
   calibrated poses and intrinsics stay fixed and only the networks' depths are kept (their x
   and y carry the network's focal error). The global pointmaps are first un-stretched by the
   ratio of view 0's implied focal to its calibrated one
-  (:func:`~threer_ros.geometry.registration.focal_stretch`). Their one unknown, the scale, is the closed-form scale that puts every view's global points on that camera's pixel
-  rays (:func:`~threer_ros.geometry.registration.ray_consistent_scale`); each view's local
-  depth map then gets its own scale, the median ratio of the global points' depths along that
+  (:func:`~threer_ros.geometry.registration.focal_stretch`). Their one unknown, the scale,
+  is the closed-form scale that puts every view's global points on that camera's pixel rays
+  (:func:`~threer_ros.geometry.registration.ray_consistent_scale`); each view's local depth
+  map then gets its own scale, the median ratio of the global points' depths along that
   camera's axis to the local depths over its more confident half, and is back-projected along
   the calibrated rays (without a local head, the global points' depths are used).
 * **full path**: one focal length for all views from view 0's global pointmap, as the official
