@@ -27,7 +27,7 @@ skip=(torch functorch torchgen nvidia triton numpy numpy.libs scipy scipy.libs c
       fsspec filelock typing_extensions.py yaml _yaml safetensors huggingface_hub hf_xet tqdm
       pip setuptools _distutils_hack pkg_resources wheel hypothesis _pytest pytest pluggy
       coverage pygments docutils colcon_* catkin_pkg ament_cmake* em.py emdoc.py emhelp.py
-      emlib.py "__editable__*" "threer_ros*" "*.dist-info" "*.egg-info" __pycache__)
+      emlib.py "__editable__*" threer_ros "threer_ros-*" "*.dist-info" "*.egg-info" __pycache__)
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/site" "$stage/lib"

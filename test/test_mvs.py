@@ -12,7 +12,7 @@ from threer_ros.geometry.fusion import accuracy_completeness
 from threer_ros.geometry.transforms import quaternion_to_matrix
 from threer_ros.pipeline.mvs import PlaneSweepReconstructor, PlaneSweepSettings
 from threer_ros.pipeline.types import FrameSet
-from threer_ros.quality import evaluate
+from threer_ros.mvs_quality import evaluate
 
 #: At 96 px wide (about 2 mm per pixel at the head): measured median 0.65 mm, mean 1.0 mm,
 #: completeness 97 % within 5 mm. A 1-degree calibration error gives 10.7 mm and 7 %.

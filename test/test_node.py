@@ -243,9 +243,11 @@ def test_bad_parameters_or_calibration_end_the_node_with_status_2(tmp_path):
 
 # --- network backends ------------------------------------------------------------------------
 PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "parity"
-#: tiny random-weight networks in the official formats; small images keep CPU time low
+#: tiny random-weight networks in the official formats; small images keep CPU time low; they
+#: are not confident, so every point is kept (the official rules would drop them all)
 NETWORK_PARAMS = {"network_size": "64", "working_width": "64", "alignment_iterations": "5",
-                  "pair_graph": "knn", "graph_neighbours": "2", "voxel_size": "0.0"}
+                  "pair_graph": "knn", "graph_neighbours": "2", "voxel_size": "0.0",
+                  "confidence_threshold": "0.0"}
 
 
 def _finite_cloud(graph: Graph) -> np.ndarray:

@@ -131,6 +131,34 @@ def estimate_focal(points_cam: torch.Tensor, principal_point: torch.Tensor | Non
     return focal
 
 
+def focal_stretch(points_cam: torch.Tensor, K: torch.Tensor, mask: torch.Tensor,
+                  iterations: int = 10) -> torch.Tensor:
+    """``(B,)`` ratio of the focal length a pointmap implies to the calibrated one.
+
+    A network that believes camera a's focal is ``f * r`` gives every point in a's frame with
+    x and y divided by ``r`` (the one scene consistent with the image under that belief);
+    multiplying x and y of its answers in a's frame by ``r`` undoes it. ``points_cam``
+    ``(B, H, W, 3)`` is a's own pointmap, ``K`` ``(B, 3, 3)`` its calibrated intrinsics (fx and
+    fy may differ), ``mask`` ``(B, H, W)`` the pixels to trust. ``r`` minimises
+    ``sum |r (x/z, y/z) - K^-1 (u, v)|`` (robust, re-weighted least squares).
+    """
+    from threer_ros.geometry.cameras import rays_of_views
+
+    B, H, W, _ = points_cam.shape
+    pts = points_cam.double()
+    rays = rays_of_views(K.double(), H, W)[..., :2]
+    valid = mask & (pts[..., 2] > 1e-9)
+    q = pts[..., :2] / pts[..., 2:].clamp(min=1e-9)
+    weight = valid.double()
+    ratio = pts.new_ones(B)
+    for _ in range(iterations + 1):
+        ratio = (weight * (q * rays).sum(-1)).sum((1, 2)) / \
+            (weight * (q * q).sum(-1)).sum((1, 2)).clamp(min=1e-300)
+        residual = (ratio[:, None, None, None] * q - rays).norm(dim=-1)
+        weight = valid.double() / residual.clamp(min=1e-9)
+    return torch.where(torch.isfinite(ratio) & (ratio > 0), ratio, torch.ones_like(ratio))
+
+
 def solve_pnp(points: np.ndarray, pixels: np.ndarray, K: np.ndarray,
               reprojection_px: float = 5.0, iterations: int = 100, seed: int = 0
               ) -> np.ndarray | None:

@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from threer_ros.geometry.fusion import FusionSettings
 from threer_ros.geometry.registration import pose_disagreement
 from threer_ros.pipeline.types import FrameSet, Reconstruction, Reconstructor
 
@@ -97,10 +96,10 @@ class CompareReconstructor:
                 done(name)
         return Comparison(results, compare(self.primary, results, durations), errors)
 
-    def update_fusion(self, fusion: FusionSettings) -> None:
-        """Hand ``fusion`` to every backend."""
+    def update_fusion(self, options) -> None:
+        """Hand the new fusion ``options`` to every backend."""
         for backend in self.backends.values():
-            backend.update_fusion(fusion)
+            backend.update_fusion(options)
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
         """The primary backend's reconstruction (after running all of them)."""

@@ -38,8 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from threer_ros.geometry.fusion import FusionSettings, voxel_downsample
+from threer_ros.geometry.fusion import voxel_downsample
 from threer_ros.geometry.stereo import cross_check, half_resolution, window_std, zncc_cost
+from threer_ros.pipeline.frames import resize_frames
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
 #: Automatic depth range, as factors of a camera's distance to the rig's convergence point.
@@ -75,6 +76,7 @@ class PlaneSweepSettings:
         min_consistent: Other cameras that must agree with a depth for it to be kept.
         voxel_size: Voxel edge of the fused cloud's down-sampling (0 = off).
         device: Torch device.
+        working_width: Images are first shrunk to this width (pixels; 0 or wider: kept).
     """
 
     planes: int = 96
@@ -94,6 +96,7 @@ class PlaneSweepSettings:
     min_consistent: int = 2
     voxel_size: float = 0.002
     device: str = "cpu"
+    working_width: int = 320
 
 
 def _convergence_point(centres: np.ndarray, axes: np.ndarray) -> np.ndarray:
@@ -127,12 +130,13 @@ class PlaneSweepReconstructor:
         """Build from the node's :class:`~threer_ros.pipeline.backends.BackendOptions`."""
         near, far = (float(d) for d in options.mvs_depth_range)
         return cls(replace(PlaneSweepSettings(), device=options.device,
-                           voxel_size=options.voxel_size, depth_range=(near, far)))
+                           voxel_size=options.voxel_size, depth_range=(near, far),
+                           working_width=options.working_width))
 
-    def update_fusion(self, fusion: FusionSettings) -> None:
-        """Down-sample with ``fusion.voxel_size`` from the next set on (the plane sweep keeps
+    def update_fusion(self, options) -> None:
+        """Down-sample with ``options.voxel_size`` from the next set on (the plane sweep keeps
         its own confidence and consistency filters)."""
-        self.settings = replace(self.settings, voxel_size=fusion.voxel_size)
+        self.settings = replace(self.settings, voxel_size=options.voxel_size)
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
         s = self.settings
@@ -144,6 +148,7 @@ class PlaneSweepReconstructor:
             raise ValueError(f"the mvs backend needs intrinsics and extrinsics for every camera; "
                              f"missing for {', '.join(uncalibrated)} (publish CameraInfo and "
                              "set rig_calibration)")
+        frames = resize_frames(frames, s.working_width)
         if len(frames.frames) < 1 + s.min_consistent:
             raise ValueError(f"mvs needs at least {1 + s.min_consistent} cameras, "
                              f"got {len(frames.frames)}")

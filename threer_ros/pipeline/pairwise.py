@@ -8,7 +8,8 @@
 2. **Network**: each image is encoded once per set and the pairs are decoded in batches
    (``forward_pairs`` of our models; any module with the official ``model(view1, view2)``
    contract works too, pair batch by pair batch). Pow3R receives the calibration as priors:
-   rays from each camera's intrinsics and each pair's relative pose.
+   rays from each camera's intrinsics and, on the calibrated fast path (or with
+   ``pose_priors``), each pair's relative pose.
 3. **Alignment** (:mod:`threer_ros.geometry.global_alignment`): the calibrated fast path
    (poses fixed, one scale per pair), or spanning-tree initialisation followed by MASt3R's
    sparse alignment on fast reciprocal descriptor matches (MASt3R) or DUSt3R's dense
@@ -27,7 +28,7 @@ from torch import nn
 
 from threer_ros.geometry.global_alignment import (AlignmentSettings, PairPredictions,
                                                   calibrated_points, refine_dense,
-                                                  spanning_tree_init)
+                                                  spanning_tree_init, unstretched)
 from threer_ros.geometry.sparse_alignment import Correspondences, refine_sparse
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
                                          load_network, prepare_network_images,
@@ -101,6 +102,11 @@ class PairSettings:
             within this fraction of the median depth of each other.
         min_matches: Fewer matches over all pairs than this: dense alignment instead of
             sparse (``info['matches']`` says how many there were).
+        pose_priors: Pow3R with ``full`` alignment also gets the calibrated relative poses
+            as priors (node parameter ``pose_priors``). Off by default: the network follows a
+            pose prior, right or wrong, so the full alignment would then partly hide a camera
+            that moved; without, it checks the calibration independently. The calibrated
+            fast path always gives them (its poses are the calibration anyway).
     """
 
     graph: str = "knn"
@@ -110,6 +116,7 @@ class PairSettings:
     match_subsample: int = 8
     match_tolerance: float = 0.02
     min_matches: int = 100
+    pose_priors: bool = False
 
     @classmethod
     def from_options(cls, options) -> "PairSettings":
@@ -117,7 +124,8 @@ class PairSettings:
         (the rest at their defaults)."""
         return cls(options.pair_graph, options.graph_neighbours, options.pair_batch,
                    replace(AlignmentSettings(), iterations=options.alignment_iterations,
-                           lr=options.alignment_lr, compile=options.compile_alignment))
+                           lr=options.alignment_lr, compile=options.compile_alignment),
+                   pose_priors=options.pose_priors)
 
 
 class PairwiseReconstructor:
@@ -142,7 +150,7 @@ class PairwiseReconstructor:
     @classmethod
     def from_options(cls, options) -> "PairwiseReconstructor":
         """Build from :class:`~threer_ros.pipeline.backends.BackendOptions`."""
-        settings = options.network_settings()
+        settings = options.network_settings(cls.name)
         return cls(load_network(cls.name, settings), settings, PairSettings.from_options(options))
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
@@ -158,7 +166,8 @@ class PairwiseReconstructor:
 
         t0 = time.perf_counter()
         fast = self.settings.fast_path(images)
-        pred, descriptors = self._run_pairs(images, edges, descriptors=not fast)
+        pred, descriptors = self._run_pairs(images, edges, descriptors=not fast,
+                                            pose_priors=fast or self.pairs.pose_priors)
         if images.img.is_cuda:
             torch.cuda.synchronize(images.img.device)
         timings["network"] = time.perf_counter() - t0
@@ -177,6 +186,7 @@ class PairwiseReconstructor:
         if known:
             K = torch.as_tensor(images.intrinsics, device=pred.points1.device)
             focal, principal = (K[:, 0, 0] + K[:, 1, 1]) / 2, K[:, :2, 2]
+            pred = unstretched(pred, K)     # known focal: undo the networks' focal errors
         with torch.enable_grad():
             init = spanning_tree_init(pred, n, focal, principal)
             timings["init"] = time.perf_counter() - t0
@@ -200,9 +210,10 @@ class PairwiseReconstructor:
                         frames.stamp_ns, self.settings, timings, False, info)
 
     # --- network ------------------------------------------------------------------------
-    def _priors(self, images: NetworkImages, first: torch.Tensor, second: torch.Tensor
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Pow3R's prior inputs: rays per image ``(N, 3, h, w)`` and relative pose per pair."""
+    def _priors(self, images: NetworkImages, first: torch.Tensor, second: torch.Tensor,
+                pose_priors: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Pow3R's prior inputs: rays per image ``(N, 3, h, w)`` and, with ``pose_priors``,
+        the relative pose per pair."""
         if self.name != "pow3r" or not self.settings.use_calibration:
             return None, None
         from threer_ros.models.pow3r import rays_from_intrinsics, relative_pose
@@ -212,17 +223,18 @@ class PairwiseReconstructor:
         if images.intrinsics is not None:
             rays = rays_from_intrinsics(torch.as_tensor(images.intrinsics, dtype=torch.float32,
                                                         device=images.img.device), h, w)
-        if images.cam_to_rig is not None:
+        if pose_priors and images.cam_to_rig is not None:
             cams = torch.as_tensor(images.cam_to_rig, device=images.img.device)
             pose = relative_pose(cams[first], cams[second])
         return rays, pose
 
     def _run_pairs(self, images: NetworkImages, edges: list[tuple[int, int]],
-                   descriptors: bool = True
+                   descriptors: bool = True, pose_priors: bool = True
                    ) -> tuple[PairPredictions, tuple[torch.Tensor, ...] | None]:
         """All pairs through the network; with ``descriptors``, also the descriptors
         ``(desc1, desc2, conf1, conf2)`` of each pair when the network outputs them (without,
-        networks with ``forward_pairs`` skip computing them)."""
+        networks with ``forward_pairs`` skip computing them); ``pose_priors``: Pow3R gets the
+        calibrated relative poses."""
         dev = images.img.device
         first = torch.tensor([e[0] for e in edges], device=dev)
         second = torch.tensor([e[1] for e in edges], device=dev)
@@ -232,7 +244,7 @@ class PairwiseReconstructor:
         flip = bool(getattr(self.network, "landscape_only", False)) and h > w
         orient = (lambda x: x.transpose(-1, -2)) if flip else (lambda x: x)
         view = dict(images.view(range(len(images.cameras))), img=orient(images.img.to(dtype)))
-        rays, pose = self._priors(images, first, second)
+        rays, pose = self._priors(images, first, second, pose_priors)
         if rays is not None:
             view["known_rays"] = orient(rays)
         with torch.no_grad():       # not inference_mode: alignment differentiates outputs

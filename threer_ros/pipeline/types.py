@@ -14,11 +14,10 @@ Conventions used everywhere in threer_ros:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from threer_ros.geometry.fusion import FusionSettings
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,8 @@ class Reconstructor(Protocol):
         """Reconstruct ``frames``; raises ``ValueError`` for unusable input."""
         ...
 
-    def update_fusion(self, fusion: FusionSettings) -> None:
-        """Filter the fused cloud with ``fusion`` from the next set on (a live parameter
-        change; called from another thread than ``reconstruct``)."""
+    def update_fusion(self, options: Any) -> None:
+        """Filter the fused cloud as the node's ``options`` (``BackendOptions``: confidence,
+        voxel size, outlier test) say, from the next set on (a live parameter change; called
+        from another thread than ``reconstruct``)."""
         ...

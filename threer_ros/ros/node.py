@@ -160,7 +160,7 @@ class CaptureNode(LifecycleNode):
         self._camera_info: dict[str, CameraCalibration] = {}
         self._frame_ids: dict[str, str] = {}     # camera -> frame_id of its images
         self._stats = {c: CameraStats() for c in s.cameras}
-        self._preparer = FramePreparer(s.options.working_width)
+        self._preparer = FramePreparer()
         self._sync = FrameSynchronizer(s.cameras, tolerance_ns=int(s.sync_tolerance * 1e9),
                                        min_cameras=s.min_cameras,
                                        max_delay_ns=int(s.sync_max_delay * 1e9))
@@ -312,7 +312,7 @@ class CaptureNode(LifecycleNode):
         with self._lock:
             reconstructor = self._reconstructor
         if reconstructor is not None and changes.keys() & parameters.FUSION:
-            reconstructor.update_fusion(settings.options.fusion_settings())
+            reconstructor.update_fusion(settings.options)
         self.get_logger().info("parameters changed: " + ", ".join(
             f"{k} = {v}" for k, v in changes.items()))
         return SetParametersResult(successful=True)
