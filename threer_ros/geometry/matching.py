@@ -201,3 +201,82 @@ def fast_reciprocal_matches_batched(desc1: Tensor | Sequence[Tensor],
                                      similarity=(flat1[k][idx1] * flat2[k][idx2]).sum(dim=1),
                                      comparisons=nn12.comparisons[k] + nn21.comparisons[k]))
     return out
+
+
+@dataclass(frozen=True)
+class Correspondences:
+    """Pixel matches of pair ``e`` between views ``first[e]`` and ``second[e]`` of a pair
+    batch.
+
+    Attributes:
+        pair: ``(M,)`` int64 index of each match's pair.
+        pixel1, pixel2: ``(M,)`` int64 flat pixel indices (row * W + column) in each view.
+        weight: ``(M,)`` non-negative match confidences.
+    """
+
+    pair: Tensor
+    pixel1: Tensor
+    pixel2: Tensor
+    weight: Tensor
+
+
+def four_way_matches(desc_a: Tensor, desc_b: Tensor, desc_b_swapped: Tensor,
+                     desc_a_swapped: Tensor, conf_a: Tensor, conf_b: Tensor,
+                     conf_b_swapped: Tensor, conf_a_swapped: Tensor, subsample: int = 8,
+                     max_iterations: int = 10, chunk: int = DEFAULT_CHUNK) -> Correspondences:
+    """MASt3R's correspondences of B image pairs ``(a, b)`` from both decodings of each pair.
+
+    A pair network decodes a pair twice, ``(a, b)`` and ``(b, a)``, each time with a
+    descriptor map for both images. In each decoding, fast reciprocal matching runs with its
+    seed grid in image a and again with it in image b (four searches per pair); the union of
+    the mutual nearest neighbours found is deduplicated. A match's confidence is the geometric
+    mean of the two descriptor confidences of the decoding that found it (the ``(a, b)``
+    decoding when both did, seeds in a before seeds in b).
+
+    Args:
+        desc_a, desc_b: ``(B, H, W, D)`` descriptors of a and b from the ``(a, b)`` decoding.
+        desc_b_swapped, desc_a_swapped: The same from the ``(b, a)`` decoding.
+        conf_a, conf_b, conf_b_swapped, conf_a_swapped: ``(B, H, W)`` their confidences.
+        subsample: Seed grid stride in pixels (offset ``subsample // 2``).
+        max_iterations: Round trips of each search (the official 10).
+        chunk: Query chunk size of the nearest-neighbour searches.
+
+    Returns:
+        Matches sorted by pair, then pixel in a, then pixel in b; ``pixel1`` in a,
+        ``pixel2`` in b, ``pair`` indexes the batch.
+    """
+    B, H, W, _ = desc_a.shape
+    if desc_b.shape[1:3] != (H, W):
+        raise ValueError(f"four-way matching needs images of one size, got {tuple(desc_a.shape)}"
+                         f" and {tuple(desc_b.shape)}")
+    searches = ((desc_a, desc_b, conf_a, conf_b, False), (desc_b, desc_a, conf_b, conf_a, True),
+                (desc_a_swapped, desc_b_swapped, conf_a_swapped, conf_b_swapped, False),
+                (desc_b_swapped, desc_a_swapped, conf_b_swapped, conf_a_swapped, True))
+    found = fast_reciprocal_matches_batched(
+        torch.cat([s[0] for s in searches]), torch.cat([s[1] for s in searches]), subsample,
+        max_iterations, chunk)
+    pair, in_a, in_b, weight = [], [], [], []
+    for k, matches in enumerate(found):
+        search, batch = divmod(k, B)
+        _, _, conf_from, conf_to, reverse = searches[search]
+        seed = matches.pixels1[:, 1] * W + matches.pixels1[:, 0]
+        end = matches.pixels2[:, 1] * W + matches.pixels2[:, 0]
+        weight.append((conf_from[batch].reshape(-1)[seed] * conf_to[batch].reshape(-1)[end])
+                      .float().sqrt())
+        a, b = (end, seed) if reverse else (seed, end)
+        pair.append(torch.full_like(a, batch))
+        in_a.append(a)
+        in_b.append(b)
+    device = desc_a.device
+    if not pair:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return Correspondences(empty, empty, empty, torch.zeros(0, device=device))
+    pair, in_a, in_b, weight = (torch.cat(x) for x in (pair, in_a, in_b, weight))
+    pixels = H * W
+    keys, inverse = torch.unique((pair * pixels + in_a) * pixels + in_b, return_inverse=True)
+    # the first of the concatenated searches to find each match gives its confidence
+    order = torch.arange(len(inverse), device=device)
+    first = torch.full((len(keys),), len(inverse), dtype=torch.int64, device=device)
+    first = first.scatter_reduce(0, inverse, order, reduce="amin")
+    return Correspondences(keys // (pixels * pixels), keys // pixels % pixels, keys % pixels,
+                           weight[first])

@@ -14,10 +14,14 @@ GRAPH_WARMUP_STEPS = 3
 
 
 def minimise(groups: list[tuple[list[torch.nn.Parameter], float]],
-             loss_fn: Callable[[], torch.Tensor], iterations: int, lr: float) -> float:
+             loss_fn: Callable[[], torch.Tensor], iterations: int, lr: float,
+             final_fraction: float = 0.01,
+             after_step: Callable[[], None] | None = None) -> float:
     """``iterations`` Adam steps on ``loss_fn()`` over parameter ``groups`` (parameters,
-    learning-rate factor), the rate decaying from ``lr * factor`` to a hundredth of it
+    learning-rate factor), the rate decaying from ``lr * factor`` to ``final_fraction`` of it
     (cosine); returns the final loss. Parameters without ``requires_grad`` stay fixed.
+    ``after_step``, when given, runs (without gradients) after every optimiser step, e.g. to
+    project parameters back onto their manifold.
 
     On a GPU, after a few ordinary steps, one step (loss, backward, fused Adam) is captured
     as a CUDA graph and replayed for the remaining steps: a step's hundreds of small kernels
@@ -36,7 +40,8 @@ def minimise(groups: list[tuple[list[torch.nn.Parameter], float]],
                                  fused=device.type == "cuda" or None, capturable=graphed)
 
     def set_rate(step: int) -> None:
-        decay = 0.01 + 0.99 * (1 + math.cos(math.pi * step / max(iterations, 1))) / 2
+        decay = final_fraction + (1 - final_fraction) * (
+            1 + math.cos(math.pi * step / max(iterations, 1))) / 2
         for group in optimiser.param_groups:
             rate = lr * group["factor"] * decay
             if graphed:
@@ -48,6 +53,9 @@ def minimise(groups: list[tuple[list[torch.nn.Parameter], float]],
         loss = loss_fn()
         loss.backward()
         optimiser.step()
+        if after_step is not None:
+            with torch.no_grad():
+                after_step()
         return loss
 
     def ordinary_steps(steps: range) -> torch.Tensor:
