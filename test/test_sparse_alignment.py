@@ -217,7 +217,7 @@ def test_mast3r_full_alignment_recovers_poses_and_focals(rig, calibrated) -> Non
     assert errors.centre_error.max() < 0.01 * extent, (errors, extent)
     true_K = prepare_network_images(rig.frame_set(7), SIZE, "cpu").intrinsics
     focal_error = recon.intrinsics[:, 0, 0] / true_K[:, 0, 0] - 1
-    assert np.abs(focal_error).max() < (1e-9 if calibrated else 0.02), focal_error
+    assert np.abs(focal_error).max() < (0.002 if calibrated else 0.02), focal_error
     assert recon.info["matches"] > 500 and recon.poses_from_calibration == calibrated
     if calibrated:
         assert abs(recon.info["rig_scale"] - 0.41) < 0.02
