@@ -11,6 +11,9 @@ median time of each stage and the peak GPU memory (network backends: the release
 architecture's time with random weights, the alignment of ground-truth pointmaps; see
 :class:`ReleasedWithOracle`; with ``--weights`` the real network does both).
 
+``bench quality`` reconstructs the synthetic rig with ground-truth networks that err like real
+ones and scores each network backend's cloud and cameras (:mod:`threer_ros.quality`).
+
 ``bench parity`` runs the parity fixtures on the device in fp32 and bf16 and reports the largest
 error against the official outputs, relative to each output's range.
 """
@@ -419,6 +422,10 @@ def _run(args: argparse.Namespace) -> int:
                                              "command": " ".join(sys.argv), "rows": rows},
                                             indent=2))
         return 0
+    if args.what == "quality":
+        from threer_ros import quality
+
+        return quality.run(args, str(device))
     if args.what == "parity":
         rows = parity_errors(args.fixtures, device)
         for r in rows:
@@ -464,10 +471,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``threer-ros bench``."""
     p = command_parser(subparsers, "bench",
                        "measure networks and backends (speed, numerics)", __doc__)
-    p.add_argument("what", choices=["models", "backends", "parity"],
+    p.add_argument("what", choices=["models", "backends", "parity", "quality"],
                    help="models: forward time and memory; backends: stage timings of the "
                         "reconstruction backends on the synthetic rig; parity: error of "
-                        "fp32/bf16 on the parity fixtures against the official outputs")
+                        "fp32/bf16 on the parity fixtures against the official outputs; quality: "
+                        "accuracy, completeness and camera errors of the network backends on "
+                        "the synthetic rig with realistic network errors")
     p.add_argument("--backends", nargs="+", default=["mvs"], help="backends for 'backends'")
     p.add_argument("--widths", nargs="+", type=int, default=[320],
                    help="image widths for 'backends' (portrait cameras)")
@@ -503,6 +512,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="print the ROWS most expensive operators of one more forward "
                         "(models) or set (backends)")
+    p.add_argument("--focal-errors", nargs="+", type=float, default=[0.0, 0.03, 0.05, 0.10],
+                   help="quality: relative focal-length errors of the simulated networks")
+    p.add_argument("--network-size", type=int, default=128,
+                   help="quality: network image long side (pixels)")
+    p.add_argument("--iterations", type=int, default=300,
+                   help="quality: full alignment iterations")
+    p.add_argument("--seed", type=int, default=0, help="quality: seed of the rig and errors")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="quality: write an SVG plot of median error against focal error")
+    p.add_argument("--before", type=Path, default=None,
+                   help="quality: a JSON report of an earlier run, drawn dashed in --plot")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto")

@@ -6,42 +6,29 @@ the rig origin), so every pixel sees a real, multi-view consistent surface; head
 confidence :data:`HEAD_CONFIDENCE`, backdrop pixels :data:`BACKDROP_CONFIDENCE`. Like a real
 network, the oracles answer in their own unit: every output is divided by ``unit`` (metres per
 network unit), and each pair additionally by its own factor, so alignment must recover scale.
+A :class:`~threer_ros.pipeline.realistic.Perturbation` makes the answers wrong the way real
+networks are (:func:`~threer_ros.pipeline.realistic.realistic` for the realistic mix).
 Views are identified by their ``instance`` (camera name), as the official view dicts carry.
-The ground truth is computed once, at construction, and kept on ``device``.
+The answers are computed once, at construction, and kept on ``device``.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from torch import nn
 
 from threer_ros.data.synthetic import intersect_head
 from threer_ros.pipeline.network import prepare_network_images
+from threer_ros.pipeline.realistic import Perturbation, stretch, view_answer
 from threer_ros.pipeline.types import FrameSet
 
 BACKDROP_RADIUS = 2.5
 HEAD_CONFIDENCE = 10.0
 BACKDROP_CONFIDENCE = 1.5
-
-
-@dataclass(frozen=True)
-class Perturbation:
-    """Errors an oracle adds (seeded).
-
-    Attributes:
-        noise: Standard deviation of point noise relative to depth (0.01 = 1 %).
-        outliers: Fraction of head pixels thrown to random depths (0.5x-1.5x), at full
-            confidence.
-        seed: Seed of both.
-    """
-
-    noise: float = 0.0
-    outliers: float = 0.0
-    seed: int = 0
 
 
 def _surface(K: np.ndarray, height: int, width: int, cam_to_rig: np.ndarray
@@ -65,7 +52,7 @@ def _surface(K: np.ndarray, height: int, width: int, cam_to_rig: np.ndarray
 
 
 class _Oracle(nn.Module):
-    """Per-camera ground truth at the network resolution of ``frames`` (see module doc)."""
+    """Per-camera answers at the network resolution of ``frames`` (see module doc)."""
 
     def __init__(self, frames: FrameSet, image_size: int, unit: float,
                  perturbation: Perturbation, device: str = "cpu") -> None:
@@ -75,28 +62,33 @@ class _Oracle(nn.Module):
             raise ValueError("an oracle needs a calibrated frame set")
         h, w = images.img.shape[-2:]
         self.unit = unit
+        self.perturbation = perturbation
         self.poses = {name: torch.from_numpy(images.cam_to_rig[i])
                       for i, name in enumerate(images.cameras)}
-        rng = np.random.default_rng(perturbation.seed)
-        self.world, self.conf = {}, {}
+        self.world, self.conf, self.focal_factor, self.described = {}, {}, {}, {}
         for i, name in enumerate(images.cameras):
             points, conf = _surface(images.intrinsics[i], h, w, images.cam_to_rig[i])
-            centre = self.poses[name][:3, 3]
-            offset = points - centre
-            factor = 1 + perturbation.noise * torch.from_numpy(rng.standard_normal((h, w)))
-            wrong = torch.from_numpy(rng.random((h, w)) < perturbation.outliers) & \
-                (conf == HEAD_CONFIDENCE)
-            factor = torch.where(wrong, torch.from_numpy(rng.uniform(0.5, 1.5, (h, w))), factor)
-            self.world[name] = (centre + offset * factor[..., None]).to(device)
-            self.conf[name] = conf.float().to(device)
+            answer = view_answer(points, conf == HEAD_CONFIDENCE, conf, self.poses[name], i,
+                                 name, perturbation)
+            self.world[name] = answer.points.to(device)
+            self.conf[name] = answer.confidence.to(device)
+            self.focal_factor[name] = answer.focal_factor
+            self.described[name] = answer.descriptor_points.to(device)
         self.poses = {name: pose.to(device) for name, pose in self.poses.items()}
         self.anchor = nn.Parameter(torch.zeros((), device=device))  # the module's dtype/device
 
     def in_frame(self, name: str, frame: str) -> torch.Tensor:
-        """Camera ``name``'s points in camera ``frame``'s optical frame, network units."""
+        """Camera ``name``'s points in camera ``frame``'s optical frame, metres, before the
+        focal stretch."""
         pose = self.poses[frame]
-        points = (self.world[name] - pose[:3, 3]) @ pose[:3, :3]
-        return points / self.unit
+        return (self.world[name] - pose[:3, 3]) @ pose[:3, :3]
+
+    def answer(self, name: str, frame: str, focal_factor: float | None = None
+               ) -> torch.Tensor:
+        """Camera ``name``'s points as the network gives them in camera ``frame``'s frame:
+        stretched by that camera's focal error (or ``focal_factor``), in network units."""
+        factor = self.focal_factor[frame] if focal_factor is None else focal_factor
+        return stretch(self.in_frame(name, frame), factor) / self.unit
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         return x[None].to(self.anchor.device, torch.float32)
@@ -115,16 +107,18 @@ class OracleFast3R(_Oracle):
         out = []
         for name in names:
             conf = self._out(self.conf[name])
-            out.append({"pts3d_in_other_view": self._out(self.in_frame(name, names[0])),
-                        "conf": conf, "pts3d_local": self._out(self.in_frame(name, name)),
+            out.append({"pts3d_in_other_view": self._out(self.answer(name, names[0])),
+                        "conf": conf, "pts3d_local": self._out(self.answer(name, name)),
                         "conf_local": conf})
         return out
 
 
 class OraclePairNetwork(_Oracle):
     """``model(view1, view2) -> (res1, res2)`` of the DUSt3R family from ground truth; with
-    ``descriptors``, MASt3R's ``desc`` (unit vectors that encode the rig-frame position, so
-    nearest descriptors are nearest surface points) and ``desc_conf``."""
+    ``descriptors``, MASt3R's ``desc`` (unit vectors that encode a rig-frame position, so
+    nearest descriptors are nearest surface points) and ``desc_conf``. Pow3R's priors
+    (``known_rays``, ``known_pose``) are followed as far as the perturbation's
+    ``prior_weight`` says."""
 
     def __init__(self, frames: FrameSet, image_size: int, unit: float = 0.4,
                  perturbation: Perturbation = Perturbation(), descriptors: bool = False,
@@ -141,16 +135,44 @@ class OraclePairNetwork(_Oracle):
         return 0.8 + 0.45 * (zlib.crc32(f"{first}>{second}".encode()) % 1000) / 1000
 
     def _descriptor(self, name: str) -> torch.Tensor:
-        phase = self.world[name] @ self.frequencies
+        phase = self.described[name] @ self.frequencies
         desc = torch.cat([phase.cos(), phase.sin()], -1)
         return desc / desc.norm(dim=-1, keepdim=True)
 
+    def _second_view(self, first: str, second: str, prior: torch.Tensor | None
+                     ) -> torch.Tensor:
+        """Camera ``second``'s points in ``first``'s frame (metres, before the stretch), moved
+        ``prior_weight`` of the way from the true relative pose to the ``prior`` (pose of
+        ``second`` in ``first``'s frame, unit translation)."""
+        true_points = self.in_frame(second, first)
+        if prior is None or self.perturbation.prior_weight == 0:
+            return true_points
+        weight = self.perturbation.prior_weight
+        pose_a, pose_b = self.poses[first], self.poses[second]
+        true = torch.linalg.inv(pose_a) @ pose_b
+        prior = prior.to(true)
+        delta = Rotation.from_matrix((true[:3, :3].T @ prior[:3, :3]).cpu().numpy())
+        rotation = true[:3, :3] @ torch.from_numpy(
+            Rotation.from_rotvec(weight * delta.as_rotvec()).as_matrix()).to(true)
+        baseline = true[:3, 3].norm()
+        translation = (1 - weight) * true[:3, 3] + weight * baseline * prior[:3, 3] \
+            / prior[:3, 3].norm().clamp(min=1e-12)
+        own = (self.world[second] - pose_b[:3, 3]) @ pose_b[:3, :3]
+        return own @ rotation.T + translation
+
     def forward(self, view1: dict, view2: dict) -> tuple[dict, dict]:
         res1, res2 = {}, {}
-        for a, b in zip(view1["instance"], view2["instance"]):
+        priors = view2.get("known_pose")
+        follows_rays = "known_rays" in view1
+        for k, (a, b) in enumerate(zip(view1["instance"], view2["instance"])):
             scale = self.pair_scale(a, b)
-            parts = ((res1, "pts3d", self.in_frame(a, a) / scale, a),
-                     (res2, "pts3d_in_other_view", self.in_frame(b, a) / scale, b))
+            factor = self.focal_factor[a]
+            if follows_rays:
+                factor = 1 + (factor - 1) * (1 - self.perturbation.prior_weight)
+            second = stretch(self._second_view(a, b, None if priors is None else priors[k]),
+                             factor) / self.unit
+            parts = ((res1, "pts3d", self.answer(a, a, factor) / scale, a),
+                     (res2, "pts3d_in_other_view", second / scale, b))
             for res, key, points, name in parts:
                 res.setdefault(key, []).append(self._out(points))
                 res.setdefault("conf", []).append(self._out(self.conf[name]))
