@@ -25,26 +25,19 @@ from threer_ros.pipeline.pairwise import MASt3RReconstructor, PairSettings, pair
 from threer_ros.pipeline.types import FrameSet
 
 SIZE = 96
-NOISY = Perturbation(noise=0.01, outliers=0.05, seed=3)
+NOISY = Perturbation(noise=0.01, outliers=0.05, seed=3, descriptor_noise=0.001,
+                     descriptor_outliers=0.1)
 FAST = SparseSettings(coarse_iterations=100, fine_iterations=100)
 
 
 class MatchableOracle(OraclePairNetwork):
     """The ground-truth pair network with descriptors whose nearest neighbour is the nearest
-    surface point: the rig-frame position (in half metres) mapped onto the unit sphere of R^4
-    by inverse stereographic projection; a ``descriptor_outliers`` fraction of the pixels
-    describes a random other pixel's position instead (wrong matches)."""
+    described surface point: the position (in half metres) mapped onto the unit sphere of R^4
+    by inverse stereographic projection (the oracle's own random Fourier features make every
+    backdrop match wrong)."""
 
-    def __init__(self, frames: FrameSet, perturbation: Perturbation,
-                 descriptor_outliers: float = 0.1) -> None:
+    def __init__(self, frames: FrameSet, perturbation: Perturbation) -> None:
         super().__init__(frames, SIZE, unit=0.41, perturbation=perturbation, descriptors=True)
-        rng = np.random.default_rng(perturbation.seed + 1)
-        self.described = {}
-        for name, world in self.world.items():
-            flat = world.reshape(-1, 3)
-            swap = torch.from_numpy(rng.random(len(flat)) < descriptor_outliers)
-            other = flat[torch.from_numpy(rng.integers(0, len(flat), len(flat)))]
-            self.described[name] = torch.where(swap[:, None], other, flat).reshape(world.shape)
 
     def _descriptor(self, name: str) -> torch.Tensor:
         x = self.described[name] / 0.5

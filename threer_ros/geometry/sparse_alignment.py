@@ -65,10 +65,13 @@ class SparseSettings:
         kinematic: Kinematic chain, ``hclust-ward`` or ``mst``.
         focal_range: The initial focal estimate is clamped to this range, in units of the
             focal of a 60 degree field of view over the long side. Official: (0.5, 3.5);
-            ours: unclamped, as capture rigs use longer lenses (docs/backends.md).
+            ours: no upper bound, as capture rigs use longer lenses (docs/backends.md).
         optimise_principal_point: Free in the fine stage (official: True; ours: False,
             docs/backends.md).
         optimise_depth: Anchor depths free in the fine stage (the demo's ``refine+depth``).
+        match_tolerance: A match is kept when its pair's own pointmaps put its two points within
+            this fraction of the pair's median depth of each other (official: no such filter,
+            0; ours: 0.02, docs/backends.md).
         compile: ``torch.compile`` the losses.
     """
 
@@ -83,9 +86,10 @@ class SparseSettings:
     fallback_weight: float = 0.01
     matching_confidence: float = 0.0
     kinematic: str = "hclust-ward"
-    focal_range: tuple[float, float] = (0.0, math.inf)
+    focal_range: tuple[float, float] = (0.5, math.inf)
     optimise_principal_point: bool = False
     optimise_depth: bool = True
+    match_tolerance: float = 0.02
     compile: bool = False
 
 
@@ -121,7 +125,7 @@ def _at_anchor(x: torch.Tensor, s: int) -> torch.Tensor:
 
 def canonical_views(pred: PairPredictions, n: int, subsample: int,
                     principal_point: torch.Tensor,
-                    focal_range: tuple[float, float] = (0.0, math.inf)) -> CanonicalViews:
+                    focal_range: tuple[float, float] = (0.5, math.inf)) -> CanonicalViews:
     """Canonical pointmaps, anchor depth ratios, confidences and focals (module docstring).
 
     Args:
@@ -148,6 +152,10 @@ def canonical_views(pred: PairPredictions, n: int, subsample: int,
 
     total = per_view(weight)
     canon = per_view(weight[..., None] * points) / total[..., None]
+    # anchors at or behind their camera (an untrained network) are moved just in front of
+    # it, rather than stopping the alignment (the official code asserts)
+    floor = 1e-3 * canon[..., 2].abs().median().clamp(min=1e-12)
+    canon[..., 2] = canon[..., 2].clamp(min=floor)
     depth = points[..., 2]
     radius = (points[..., :2] - _at_anchor(points[..., :2], subsample)).norm(dim=-1)
     radius = radius.clamp(min=1e-8)
@@ -365,6 +373,20 @@ def _fallback(pred: PairPredictions, usable: torch.Tensor, subsample: int
                      weight / weight.sum().clamp(min=1e-12))
 
 
+def consistent_matches(pred: PairPredictions, matches: Correspondences, tolerance: float
+                       ) -> Correspondences:
+    """The matches whose two points, as their pair's decoding predicts them, lie within
+    ``tolerance`` times that decoding's median depth of each other (all when 0)."""
+    if tolerance <= 0:
+        return matches
+    first = pred.points1.flatten(1, 2)[matches.pair, matches.pixel1]
+    second = pred.points2.flatten(1, 2)[matches.pair, matches.pixel2]
+    depth = pred.points1[..., 2].flatten(1).median(dim=1).values.abs()
+    near = (first - second).norm(dim=-1) <= tolerance * depth[matches.pair]
+    return Correspondences(*(c[near] for c in (matches.pair, matches.pixel1, matches.pixel2,
+                                               matches.weight)))
+
+
 def _pair_scores(pred: PairPredictions, matches: Correspondences, n: int) -> np.ndarray:
     """``(N, N)`` symmetric match counts of the pairs."""
     counts = torch.bincount(matches.pair, minlength=len(pred.first)).cpu().numpy()
@@ -399,15 +421,13 @@ def sparse_global_alignment(pred: PairPredictions, matches: Correspondences, n: 
     s = settings.subsample
     dev = pred.points1.device
     known = focal is not None
+    matches = consistent_matches(pred, matches, settings.match_tolerance)
     centre = torch.tensor([(W - 1) / 2, (H - 1) / 2], device=dev)
     if principal_point is None:
         principal_point = centre.expand(n, 2)
     canon = canonical_views(pred, n, s, principal_point, settings.focal_range)
     base_focal = (focal if known else canon.focal).float()
     core = canon.points[:, s // 2::s, s // 2::s, 2].flatten(1)                 # (N, A)
-    if not (core > 0).all():
-        raise ValueError("the network puts anchor points behind their camera: no sparse "
-                         "alignment possible (check the weights and that the images overlap)")
     median = core.median(dim=1).values
     chain = kinematic_chain(_pair_scores(pred, matches, n),
                             np.full(n, (H // s) * (W // s)), settings.kinematic)
