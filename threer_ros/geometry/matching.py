@@ -5,6 +5,8 @@ section 3.3): starting from a sparse grid of seed pixels in image 1, alternate n
 look-ups image 1 -> image 2 -> image 1 and keep the seeds that come back to themselves. Every
 such fixed point is a mutual nearest neighbour over the full images, and the cost is
 ``O(seeds * pixels)`` dot products per iteration instead of ``O(pixels^2)``.
+:func:`four_way_matches` is how MASt3R's sparse alignment matches a pair: in both decodings of
+the pair, with seeds in both images.
 
 Similarity is the dot product of descriptors, computed in their dtype on their device. Pixel
 ``(x, y)`` is column ``x``, row ``y``; flat pixel indices are row-major (``y * W + x``).
