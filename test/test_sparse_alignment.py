@@ -17,7 +17,7 @@ from threer_ros.geometry.kinematic_chain import kinematic_chain
 from threer_ros.geometry.matching import (Correspondences, four_way_matches,
                                           reciprocal_matches_brute_force)
 from threer_ros.geometry.registration import align_to_reference, pose_disagreement
-from threer_ros.geometry.sparse_alignment import (SparseSettings, gamma_loss,
+from threer_ros.geometry.sparse_alignment import (Gamma, SparseSettings, gamma_loss,
                                                   sparse_global_alignment)
 from threer_ros.pipeline.network import NetworkSettings, prepare_network_images
 from threer_ros.pipeline.oracle import HEAD_CONFIDENCE, OraclePairNetwork, Perturbation
@@ -163,10 +163,10 @@ def test_kinematic_chain_hclust_links_clusters_through_their_best_views() -> Non
 def test_gamma_loss_has_unit_slope_at_zero() -> None:
     d = torch.tensor([0.0, 1e-4, 1.0, 10.0], dtype=torch.float64)
     for gamma in (0.5, 1.1, 1.5):
-        loss = gamma_loss(d, gamma)
-        assert loss[0] == 0 and abs(loss[1] / 1e-4 - 1) < 1e-3
-    assert torch.equal(gamma_loss(d, 1.0), d)
-    assert gamma_loss(d, 0.5)[3] < 10 < gamma_loss(d, 1.5)[3]      # robust vs. steep
+        loss = gamma_loss(d, Gamma.of(gamma))
+        assert abs(loss[0]) < 1e-6 and abs(loss[1] / 1e-4 - 1) < 1e-2
+    torch.testing.assert_close(gamma_loss(d, Gamma.of(1.0)), d, check_dtype=False)
+    assert gamma_loss(d, Gamma.of(0.5))[3] < 10 < gamma_loss(d, Gamma.of(1.5))[3]
 
 
 def test_pairs_without_matches_are_held_by_the_fallback(rig) -> None:
@@ -214,3 +214,27 @@ def test_mast3r_full_alignment_recovers_poses_and_focals(rig, calibrated) -> Non
     assert recon.info["matches"] > 500 and recon.poses_from_calibration == calibrated
     if calibrated:
         assert abs(recon.info["rig_scale"] - 0.41) < 0.02
+
+
+def test_compiled_sparse_alignment_finds_the_same_cameras(rig) -> None:
+    """``compile_alignment`` changes speed, not results (twice: the second run reuses the
+    compiled losses); poses come out in view 0's frame, so they compare directly."""
+    frames = _uncalibrated(rig.frame_set(7))
+    short = replace(FAST, coarse_iterations=30, fine_iterations=30)
+
+    def run(compile_losses: bool):
+        network = MatchableOracle(rig.frame_set(7), NOISY)
+        return MASt3RReconstructor(network, NetworkSettings(image_size=SIZE, alignment="full",
+                                                            use_calibration=False),
+                                   PairSettings(graph="knn", neighbours=2, sparse=replace(
+                                       short, compile=compile_losses))).reconstruct(frames)
+
+    eager = run(False)
+    np.testing.assert_allclose(eager.cam_to_rig[0], np.eye(4), atol=1e-9)
+    for _ in range(2):
+        compiled = run(True)
+        errors = pose_disagreement(compiled.cam_to_rig, eager.cam_to_rig)
+        spread = np.linalg.norm(eager.cam_to_rig[:, :3, 3], axis=1).max()
+        assert errors.rotation_deg.max() < 0.05, errors
+        assert errors.centre_error.max() < 1e-3 * spread, errors
+        np.testing.assert_allclose(compiled.intrinsics, eager.intrinsics, rtol=1e-3)

@@ -93,13 +93,24 @@ class SparseSettings:
     compile: bool = False
 
 
-def gamma_loss(distance: torch.Tensor, gamma: float) -> torch.Tensor:
-    """MASt3R's robust loss of non-negative distances: ``(d + o)^gamma - o^gamma`` with the
-    offset ``o`` that gives slope 1 at 0 (the distance itself for ``gamma == 1``)."""
-    if gamma == 1:
-        return distance
-    offset = (1 / gamma) ** (1 / (gamma - 1))
-    return (distance + offset) ** gamma - offset ** gamma
+class Gamma(NamedTuple):
+    """A gamma loss as the losses take it (tensors, so that a compiled loss is reused for
+    every gamma): the power and the offset ``o`` that gives the loss slope 1 at 0."""
+
+    power: torch.Tensor
+    offset: torch.Tensor
+
+    @classmethod
+    def of(cls, gamma: float, device: torch.device | str = "cpu") -> "Gamma":
+        """The loss of power ``gamma`` (offset 0 for ``gamma == 1``: the distance itself)."""
+        offset = 0.0 if gamma == 1 else (1 / gamma) ** (1 / (gamma - 1))
+        return cls(torch.tensor(float(gamma), device=device),
+                   torch.tensor(offset, device=device))
+
+
+def gamma_loss(distance: torch.Tensor, gamma: Gamma) -> torch.Tensor:
+    """MASt3R's robust loss of non-negative distances: ``(d + o)^gamma - o^gamma``."""
+    return (distance + gamma.offset) ** gamma.power - gamma.offset ** gamma.power
 
 
 class CanonicalViews(NamedTuple):
@@ -275,7 +286,7 @@ def _end_points(cams: _Cameras, fixed: _Fixed, ends: _Ends) -> torch.Tensor:
     return rotate(cams.rotation[ends.view], ray * depth[..., None]) + cams.centre[ends.view, None]
 
 
-def _fallback_loss(cams: _Cameras, fixed: _Fixed, fallback: _Fallback, gamma: float
+def _fallback_loss(cams: _Cameras, fixed: _Fixed, fallback: _Fallback, gamma: Gamma
                    ) -> torch.Tensor:
     """Weighted gamma loss between the moving views' anchor points and the pairs' predictions
     of them placed by the frame views' cameras."""
@@ -291,7 +302,8 @@ def _fallback_loss(cams: _Cameras, fixed: _Fixed, fallback: _Fallback, gamma: fl
 
 
 def _coarse_loss(x: _Unknowns, fixed: _Fixed, ends: _Ends, fallback: _Fallback | None,
-                 gamma: float, fallback_gamma: float, fallback_weight: float) -> torch.Tensor:
+                 gamma: Gamma, fallback_gamma: Gamma, fallback_weight: torch.Tensor
+                 ) -> torch.Tensor:
     """Stage 1: gamma loss of the 3D distance between the two points of every match."""
     cams = _cameras(x, fixed)
     loss = torch.zeros((), device=x.quat.device)
@@ -304,7 +316,8 @@ def _coarse_loss(x: _Unknowns, fixed: _Fixed, ends: _Ends, fallback: _Fallback |
 
 
 def _fine_loss(x: _Unknowns, fixed: _Fixed, ends: _Ends, fallback: _Fallback | None,
-               gamma: float, fallback_gamma: float, fallback_weight: float) -> torch.Tensor:
+               gamma: Gamma, fallback_gamma: Gamma, fallback_weight: torch.Tensor
+               ) -> torch.Tensor:
     """Stage 2: gamma loss of the reprojection error (pixels) of every match end's point in
     the other view."""
     cams = _cameras(x, fixed)
@@ -401,7 +414,8 @@ def sparse_global_alignment(pred: PairPredictions, matches: Correspondences, n: 
                             focal: torch.Tensor | None = None,
                             principal_point: torch.Tensor | None = None
                             ) -> tuple[ViewEstimate, float]:
-    """Cameras and depth maps of ``n`` views by MASt3R's sparse alignment (module docstring).
+    """Cameras and depth maps of ``n`` views by MASt3R's sparse alignment (module docstring),
+    in view 0's camera frame and the network's unit.
 
     Args:
         pred: Predictions of a symmetric pair graph.
@@ -457,11 +471,15 @@ def sparse_global_alignment(pred: PairPredictions, matches: Correspondences, n: 
     def renormalise() -> None:
         quat.div_(quat.norm(dim=-1, keepdim=True))
 
+    fallback_gamma = Gamma.of(settings.fallback_gamma, dev)
+    fallback_weight = torch.tensor(settings.fallback_weight, device=dev)
+
     def run(loss, lr: float, iterations: int, gamma: float) -> float:
         fn = compiled_if(settings.compile, loss, dynamic=True)
+        power = Gamma.of(gamma, dev)
         return minimise([(list(unknowns), 1.0)],
-                        lambda: fn(unknowns, fixed, ends, fallback, gamma,
-                                   settings.fallback_gamma, settings.fallback_weight),
+                        lambda: fn(unknowns, fixed, ends, fallback, power, fallback_gamma,
+                                   fallback_weight),
                         iterations, lr, final_fraction=0.0, after_step=renormalise)
 
     final = run(_coarse_loss, settings.coarse_lr, settings.coarse_iterations,
@@ -478,12 +496,14 @@ def sparse_global_alignment(pred: PairPredictions, matches: Correspondences, n: 
 def _estimate(cams: _Cameras, base_focal: torch.Tensor, canon: CanonicalViews, subsample: int
               ) -> ViewEstimate:
     """Dense views: every pixel's depth from its block anchor and canonical ratio (with the
-    focal compensation of the anchored points)."""
+    focal compensation of the anchored points), poses in view 0's camera frame (the loss
+    leaves the world's rotation and origin free, and Adam lets them drift)."""
     n, H, W = canon.ratio.shape
     s = subsample
     anchor = cams.depth.reshape(n, H // s, W // s).repeat_interleave(s, 1).repeat_interleave(s, 2)
     ratio = 1 + (canon.ratio - 1) * (base_focal / cams.focal)[:, None, None]
     poses = torch.eye(4, dtype=torch.float64, device=anchor.device).repeat(n, 1, 1)
     poses[:, :3, :3], poses[:, :3, 3] = cams.rotation.double(), cams.centre.double()
+    poses = torch.linalg.inv(poses[0]) @ poses
     return ViewEstimate(poses, cams.focal.double(), anchor * ratio, canon.confidence,
                         cams.principal.double())
