@@ -150,16 +150,36 @@ def fast_reciprocal_matches(desc1: Tensor, desc2: Tensor, subsample: int = 8,
                                            chunk)[0]
 
 
+def _fixed_points(nn_out: _CachedNeighbours, nn_back: _CachedNeighbours, seeds: Tensor,
+                  pixels: int, other_pixels: int, max_iterations: int) -> Tensor:
+    """``(B * pixels,)`` bool: the pixels of the seeds' side reached as fixed points of
+    ``nn_back(nn_out(.))`` within ``max_iterations`` round trips from the global ``seeds``."""
+    active = seeds
+    converged = torch.zeros(nn_out.table.shape, dtype=torch.bool, device=seeds.device)
+    for _ in range(max_iterations):
+        if not len(active):
+            break
+        pair = active // pixels
+        back = pair * pixels + nn_back(pair * other_pixels + nn_out(active))
+        fixed = back == active
+        converged[active[fixed]] = True
+        active = torch.unique(back[~fixed])
+        active = active[~converged[active]]
+    return converged
+
+
 def fast_reciprocal_matches_batched(desc1: Tensor | Sequence[Tensor],
                                     desc2: Tensor | Sequence[Tensor], subsample: int = 8,
-                                    max_iterations: int = 6, chunk: int = DEFAULT_CHUNK
-                                    ) -> list[ReciprocalMatches]:
+                                    max_iterations: int = 6, chunk: int = DEFAULT_CHUNK,
+                                    both_ways: bool = False) -> list[ReciprocalMatches]:
     """:func:`fast_reciprocal_matches` of many image pairs, run together: the device is
     waited for a few times per iteration, not per pair.
 
     Args:
         desc1, desc2: ``(B, H1, W1, D)`` and ``(B, H2, W2, D)`` descriptors (or sequences of
             B such maps) of the pairs' first and second images.
+        both_ways: Also seed a grid in image 2 (MASt3R's matching of a decoding); both searches
+            share their nearest neighbours, and a match found from both sides counts once.
 
     Returns:
         The matches of each pair, in order.
@@ -182,17 +202,13 @@ def fast_reciprocal_matches_batched(desc1: Tensor | Sequence[Tensor],
     nn12 = _CachedNeighbours(flat1, flat2, chunk)
     nn21 = _CachedNeighbours(flat2, flat1, chunk)
     pair_start = torch.arange(len(desc1), device=device)[:, None]
-    active = (pair_start * p1 + _grid_seeds(h1, w1, subsample, device)).reshape(-1)
-    converged = torch.zeros(len(desc1) * p1, dtype=torch.bool, device=device)
-    for _ in range(max_iterations):
-        if not len(active):
-            break
-        pair = active // p1
-        back = pair * p1 + nn21(pair * p2 + nn12(active))
-        fixed = back == active
-        converged[active[fixed]] = True
-        active = torch.unique(back[~fixed])
-        active = active[~converged[active]]
+    seeds = (pair_start * p1 + _grid_seeds(h1, w1, subsample, device)).reshape(-1)
+    converged = _fixed_points(nn12, nn21, seeds, p1, p2, max_iterations)
+    if both_ways:    # a mutual pair is known by its pixel in image 1
+        h2 = desc2[0].shape[0]
+        seeds = (pair_start * p2 + _grid_seeds(h2, w2, subsample, device)).reshape(-1)
+        found2 = torch.nonzero(_fixed_points(nn21, nn12, seeds, p2, p1, max_iterations))[:, 0]
+        converged[found2 // p2 * p1 + nn21.table[found2]] = True
     found = torch.nonzero(converged)[:, 0]
     per_pair = torch.bincount(found // p1, minlength=len(desc1)).tolist()
     out = []
@@ -251,22 +267,16 @@ def four_way_matches(desc_a: Tensor, desc_b: Tensor, desc_b_swapped: Tensor,
     if desc_b.shape[1:3] != (H, W):
         raise ValueError(f"four-way matching needs images of one size, got {tuple(desc_a.shape)}"
                          f" and {tuple(desc_b.shape)}")
-    searches = ((desc_a, desc_b, conf_a, conf_b, False), (desc_b, desc_a, conf_b, conf_a, True),
-                (desc_a_swapped, desc_b_swapped, conf_a_swapped, conf_b_swapped, False),
-                (desc_b_swapped, desc_a_swapped, conf_b_swapped, conf_a_swapped, True))
     found = fast_reciprocal_matches_batched(
-        torch.cat([s[0] for s in searches]), torch.cat([s[1] for s in searches]), subsample,
-        max_iterations, chunk)
+        torch.cat([desc_a, desc_a_swapped]), torch.cat([desc_b, desc_b_swapped]), subsample,
+        max_iterations, chunk, both_ways=True)
+    conf_a, conf_b = torch.cat([conf_a, conf_a_swapped]), torch.cat([conf_b, conf_b_swapped])
     pair, in_a, in_b, weight = [], [], [], []
-    for k, matches in enumerate(found):
-        search, batch = divmod(k, B)
-        _, _, conf_from, conf_to, reverse = searches[search]
-        seed = matches.pixels1[:, 1] * W + matches.pixels1[:, 0]
-        end = matches.pixels2[:, 1] * W + matches.pixels2[:, 0]
-        weight.append((conf_from[batch].reshape(-1)[seed] * conf_to[batch].reshape(-1)[end])
-                      .float().sqrt())
-        a, b = (end, seed) if reverse else (seed, end)
-        pair.append(torch.full_like(a, batch))
+    for k, matches in enumerate(found):      # decoding (a, b) first, then (b, a)
+        a = matches.pixels1[:, 1] * W + matches.pixels1[:, 0]
+        b = matches.pixels2[:, 1] * W + matches.pixels2[:, 0]
+        weight.append((conf_a[k].reshape(-1)[a] * conf_b[k].reshape(-1)[b]).float().sqrt())
+        pair.append(torch.full_like(a, k % B))
         in_a.append(a)
         in_b.append(b)
     device = desc_a.device
