@@ -28,3 +28,38 @@ def test_devices_resolve_and_a_missing_gpu_is_explained():
         resolve_device("cuda:1")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         resolve_device("tpu")
+
+
+def test_confidence_follows_each_backends_official_rule_unless_a_threshold_is_given():
+    options = BackendOptions(device="cpu")
+    assert options.fusion_settings("pow3r").confidence_threshold == 3.0
+    assert options.fusion_settings("mast3r").confidence_threshold == 1.5
+    fast3r = options.fusion_settings("fast3r")
+    assert (fast3r.view_quantile, fast3r.min_view_confidence) == (0.1, 1.5)
+    given = BackendOptions(device="cpu", confidence_threshold=2.0).fusion_settings("fast3r")
+    assert (given.confidence_threshold, given.view_quantile, given.min_view_confidence) == \
+        (2.0, 0.0, 0.0)
+
+
+def test_fast3r_rule_drops_each_views_least_confident_tenth_and_hopeless_views():
+    from threer_ros.geometry.fusion import view_confidence_mask
+
+    confidence = torch.stack([torch.arange(1.0, 101.0).reshape(10, 10),
+                              torch.full((10, 10), 1.2)])
+    keep = view_confidence_mask(confidence,
+                                BackendOptions(device="cpu").fusion_settings("fast3r"))
+    assert int(keep[0].sum()) == 90 and bool(keep[0, -1, -1]) and not bool(keep[0, 0, 0])
+    assert not keep[1].any()            # best confidence 1.2 < 1.5: the view goes
+
+
+def test_auto_precision_keeps_the_heads_in_float32_under_a_bfloat16_trunk(parity_dir):
+    from threer_ros.models import load_model
+    from threer_ros.pipeline.network import network_precision, set_precision
+
+    assert network_precision("auto", "cuda") == (torch.bfloat16, True)
+    assert network_precision("auto", "cpu") == (torch.float32, False)
+    model = set_precision(load_model(parity_dir / "mast3r" / "checkpoint.pth"), "bf16-trunk",
+                          "cpu")
+    dtypes = {name.split(".")[0]: p.dtype for name, p in model.named_parameters()}
+    assert dtypes["downstream_head1"] == dtypes["downstream_head2"] == torch.float32
+    assert dtypes["patch_embed"] == torch.bfloat16

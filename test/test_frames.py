@@ -1,4 +1,5 @@
-"""Frame preparation: resizing keeps intrinsics consistent, undistortion, size checks."""
+"""Frame preparation: undistortion, size checks; the working-width resize keeps intrinsics
+consistent."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from threer_ros.pipeline.frames import CalibrationMismatch, FramePreparer
+from threer_ros.pipeline.frames import CalibrationMismatch, FramePreparer, resize_frame
+from threer_ros.pipeline.types import Frame
 from threer_ros.pipeline.types import CameraCalibration
 
 
@@ -17,7 +19,9 @@ def _calibration(width=640, height=480, distortion=()) -> CameraCalibration:
 
 def test_resized_intrinsics_project_a_point_to_the_same_relative_pixel():
     calib = _calibration()
-    frame = FramePreparer(320).prepare("cam", np.zeros((480, 640, 3), np.uint8), 7, calib)
+    original = FramePreparer().prepare("cam", np.zeros((480, 640, 3), np.uint8), 7, calib)
+    assert original.image.shape == (480, 640, 3)          # networks get the original size
+    frame = resize_frame(original, 320)
     assert frame.image.shape == (240, 320, 3) and frame.stamp_ns == 7
     point = np.array([0.05, -0.02, 1.0])
     full = calib.K @ point
@@ -27,13 +31,13 @@ def test_resized_intrinsics_project_a_point_to_the_same_relative_pixel():
 
 
 def test_images_are_never_enlarged():
-    frame = FramePreparer(1000).prepare("cam", np.zeros((48, 64, 3), np.uint8), 0, None)
+    frame = resize_frame(Frame("cam", np.zeros((48, 64, 3), np.uint8), 0, None), 1000)
     assert frame.image.shape == (48, 64, 3) and frame.calibration is None
 
 
 def test_an_image_that_disagrees_with_its_calibration_is_refused_with_both_sizes():
     with pytest.raises(CalibrationMismatch, match="320x240.*640x480"):
-        FramePreparer(0).prepare("cam", np.zeros((240, 320, 3), np.uint8), 0, _calibration())
+        FramePreparer().prepare("cam", np.zeros((240, 320, 3), np.uint8), 0, _calibration())
 
 
 def test_undistortion_straightens_a_distorted_grid_line():
@@ -44,7 +48,7 @@ def test_undistortion_straightens_a_distorted_grid_line():
     undist = cv2.undistortPoints(pts, calib.K, calib.distortion, P=calib.K).reshape(480, 640, 2)
     distorted = np.zeros((480, 640, 3), np.uint8)
     distorted[np.abs(undist[..., 1] - 100.0) < 1.0] = 255   # line y = 100 in ideal pixels
-    frame = FramePreparer(0).prepare("cam", distorted, 0, calib)
+    frame = FramePreparer().prepare("cam", distorted, 0, calib)
     rows = np.nonzero(frame.image[:, 100:540, 0].max(axis=1) > 128)[0]
     assert rows.min() >= 97 and rows.max() <= 103      # straight again, at y = 100
     assert frame.calibration.distortion.size == 0

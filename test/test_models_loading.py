@@ -52,6 +52,16 @@ def test_released_architectures_build_on_meta_with_the_official_size(model):
     assert all(p.is_meta for p in net.parameters())
 
 
+def test_fast3r_builds_from_its_config_json_dict():
+    """``build_model`` takes the dict of Fast3R's ``config.json`` as json loads it."""
+    config = json.loads(json.dumps(dict(RELEASED["fast3r"].kwargs)))   # bare Infinity tokens
+    with torch.device("meta"):
+        net = build_model(config)
+    assert sum(p.numel() for p in net.parameters()) == RELEASED_PARAMETERS["fast3r"]
+    with pytest.raises(SpecError, match="missing.*head_args"):
+        build_model({k: v for k, v in config.items() if k != "head_args"})
+
+
 def test_released_dpt_widths_come_from_the_tensor_shapes():
     """The tiny fixtures narrow the DPT heads; the loader must read the widths, not assume them."""
     net = load_model(PARITY / "dust3r" / "checkpoint.pth")

@@ -89,6 +89,7 @@ def test_fast3r_without_calibration_estimates_focal_and_poses(rig, truth):
     settings = NetworkSettings(image_size=SIZE, use_calibration=False, fusion=HEAD_ONLY)
     recon = Fast3RReconstructor(network, settings).reconstruct(frames)
     assert not recon.poses_from_calibration
+    np.testing.assert_allclose(recon.cam_to_rig[0], np.eye(4), atol=1e-12)   # first camera's
     true_K = prepare_network_images(calibrated, SIZE, "cpu").intrinsics
     np.testing.assert_allclose(recon.intrinsics[:, 0, 0], true_K[:, 0, 0], rtol=5e-3)
     # the principal point is assumed at the image centre: 0.2 % focal error, 0.1 deg

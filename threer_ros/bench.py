@@ -35,13 +35,24 @@ from typing import Any
 import torch
 
 from threer_ros.cli import command_parser
-from threer_ros.models import build_model, compile_blocks
+from threer_ros.models import build_model, compile_blocks, heads_to_float32
 from threer_ros.models.released import RELEASED
 
 #: Precision modes: name -> (parameter dtype, autocast dtype or None). ``bf16`` casts the
-#: weights; ``bf16-amp`` keeps fp32 weights and runs matrix products in bf16 under autocast.
+#: weights; ``bf16-trunk`` too, but keeps the heads (and descriptors) in fp32, as
+#: ``precision: auto`` runs on CUDA; ``bf16-amp`` keeps fp32 weights and runs matrix products
+#: in bf16 under autocast.
 PRECISIONS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None),
-              "fp16": (torch.float16, None), "bf16-amp": (torch.float32, torch.bfloat16)}
+              "bf16-trunk": (torch.bfloat16, None), "fp16": (torch.float16, None),
+              "bf16-amp": (torch.float32, torch.bfloat16)}
+
+
+def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """``model`` with parameters in ``precision``'s dtype (:data:`PRECISIONS`), in place."""
+    model.to(dtype=PRECISIONS[precision][0])
+    if precision == "bf16-trunk":
+        heads_to_float32(model)
+    return model
 
 
 #: ``--sdpa`` choices: the attention kernels ``F.scaled_dot_product_attention`` may use
@@ -146,7 +157,7 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
             model = build_model(RELEASED[name])
     else:
         model = load_model(checkpoint, device=device)
-    model = model.to(dtype=param_dtype).eval()
+    model = _cast(model, dtype).eval()
     if compiled:
         compile_blocks(model)
     g = torch.Generator().manual_seed(0)
@@ -228,7 +239,7 @@ def parity_errors(fixtures: Path, device: torch.device) -> list[dict]:
         for precision, (dtype, _) in PRECISIONS.items():
             if precision == "fp16":
                 continue
-            model = load_model(checkpoint, device=device, dtype=dtype)
+            model = _cast(load_model(checkpoint, device=device), precision)
             for case in entry["cases"]:
                 data = np.load(fixtures / name / f"{case}.npz")
                 with _autocast(device, precision):
@@ -294,7 +305,8 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
                   warmup: int = 1, alignment: str = "auto", cameras: int = 16,
                   pair_graph: str = "knn", compiled: bool = False,
                   compiled_alignment: bool = False, pair_batch: int = 16,
-                  weights: str = "random", profile_rows: int = 0) -> dict:
+                  weights: str = "random", profile_rows: int = 0,
+                  precision: str = "auto") -> dict:
     """Median seconds per stage of backend ``name`` on the synthetic rig (``cameras`` portrait
     cameras, ``width`` pixels wide) and the peak GPU memory.
 
@@ -314,7 +326,8 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
     frames = SyntheticRig.render(seed=0, width=width, count=cameras).frame_set(0)
     options = BackendOptions(device=str(device), working_width=width, alignment=alignment,
                              pair_graph=pair_graph, compile_network=compiled,
-                             compile_alignment=compiled_alignment, pair_batch=pair_batch)
+                             compile_alignment=compiled_alignment, pair_batch=pair_batch,
+                             precision=precision)
     checkpoint = None if name == "mvs" else weights_path(weights, name)
     if name == "mvs" or checkpoint is not None:
         backend = make_reconstructor(name, replace(options, checkpoint=str(checkpoint or "")))
@@ -340,6 +353,7 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
     height = frames.frames[0].image.shape[0]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     return {"backend": name, "alignment": alignment, "pair_graph": pair_graph,
+            "precision": precision,
             "compiled": compiled, "compiled_alignment": compiled_alignment,
             "pair_batch": pair_batch, "weights": str(checkpoint or "random"),
             "cameras": len(frames.frames), "width": width,
@@ -352,16 +366,16 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
 def _network_backend(name: str, frames, options, device: torch.device):
     """A network backend whose network is :class:`ReleasedWithOracle`."""
     from threer_ros.pipeline.fast3r import Fast3RReconstructor
-    from threer_ros.pipeline.network import network_dtype
+    from threer_ros.pipeline.network import set_precision
     from threer_ros.pipeline.oracle import OracleFast3R, OraclePairNetwork
     from threer_ros.pipeline.pairwise import (MASt3RReconstructor, PairSettings,
                                               Pow3RReconstructor)
 
-    settings = options.network_settings()
+    settings = options.network_settings(name)
     torch.manual_seed(0)
     with device:
         released = build_model(RELEASED[name])
-    released = released.to(dtype=network_dtype(settings.precision, settings.device)).eval()
+    released = set_precision(released, settings.precision, settings.device).eval()
     if options.compile_network:
         compile_blocks(released)
     if name == "fast3r":
@@ -398,18 +412,19 @@ def _run(args: argparse.Namespace) -> int:
         rows = []
         for b, w in itertools.product(args.backends, args.widths):
             pairwise = b in ("mast3r", "pow3r")
-            for alignment, graph, cameras, compiled, compiled_alignment, batch in \
+            for alignment, graph, cameras, compiled, compiled_alignment, batch, precision in \
                     itertools.product(["auto"] if b == "mvs" else args.alignments,
                                       args.graphs if pairwise else ["knn"], args.cameras,
                                       ["off"] if b == "mvs" else args.compile,
                                       args.compile_alignment if pairwise else ["off"],
-                                      args.pair_batch if pairwise else [16]):
+                                      args.pair_batch if pairwise else [16],
+                                      ["auto"] if b == "mvs" else args.precisions):
                 r = bench_backend(b, w, device, args.repeats, args.warmup, alignment, cameras,
                                   graph, compiled == "on", compiled_alignment == "on", batch,
-                                  args.weights, args.profile)
+                                  args.weights, args.profile, precision)
                 rows.append(r)
                 stages = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
-                print(f"{b:6s} {alignment:5s} {graph:9s} compile {compiled:3s} "
+                print(f"{b:6s} {alignment:5s} {graph:9s} {precision:10s} compile {compiled:3s} "
                       f"compile-alignment {compiled_alignment:3s} pair-batch {batch} "
                       f"{r['cameras']} "
                       f"cameras {r['width']}x{r['height']}: {stages} ms ({r['points']} points, "
@@ -483,7 +498,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cameras", nargs="+", type=int, default=[16],
                    help="camera counts for 'backends' (default 16)")
     p.add_argument("--alignments", nargs="+", default=["fast", "full"],
-                   choices=["fast", "full"], help="alignment of the network backends")
+                   choices=["fast", "full", "none"],
+                   help="alignment of the network backends (quality also: none = full "
+                        "alignment without the calibration)")
     p.add_argument("--graphs", nargs="+", default=["knn"], choices=["complete", "knn", "reference"],
                    help="pair graphs of mast3r/pow3r for 'backends'")
     p.add_argument("--fixtures", type=Path, default=Path("../shared/fixtures/parity"),
@@ -507,6 +524,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "PyTorch's choice)")
     p.add_argument("--pair-batch", nargs="+", type=int, default=[16],
                    help="backends: pairs per network batch of MASt3R / Pow3R")
+    p.add_argument("--precisions", nargs="+", default=["auto"],
+                   choices=["auto", "fp32", "bf16-trunk", "bf16", "fp16"],
+                   help="backends: the network backends' precision(s), each a configuration "
+                        "(auto: bf16 trunk and fp32 heads on CUDA)")
     p.add_argument("--compile-alignment", nargs="+", default=["off"], choices=["off", "on"],
                    help="backends: torch.compile of the full alignment's losses off and/or on")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",

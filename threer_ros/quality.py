@@ -11,9 +11,10 @@ per case:
   the points inside the capture volume (:data:`VOLUME_RADIUS` about the rig origin: the
   backdrop far behind the head is what an operator crops, not an error of the head);
 * completeness: the fraction of true surface points within 2 mm and 5 mm of the cloud;
-* with ``full`` alignment: the cameras' disagreement with the calibration after the Sim(3)
-  (rotation in degrees, centre in metres, maxima over cameras) and the median relative error
-  of the estimated focal lengths (0 when the calibrated ones are used).
+* with ``full`` alignment (and ``none``: full alignment without using the calibration): the
+  cameras' disagreement with the calibration after the Sim(3) (rotation in degrees, centre in
+  metres, maxima over cameras) and the median relative error of the estimated focal lengths
+  (0 when the calibrated ones are used).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def oracle_backend(name: str, frames, options, perturbation, unit: float = 0.4):
     from threer_ros.pipeline.pairwise import (MASt3RReconstructor, PairSettings,
                                               Pow3RReconstructor)
 
-    settings = options.network_settings()
+    settings = options.network_settings(name)
     if name == "fast3r":
         return Fast3RReconstructor(OracleFast3R(frames, settings.image_size, unit,
                                                 perturbation, settings.device), settings)
@@ -67,29 +68,38 @@ def oracle_backend(name: str, frames, options, perturbation, unit: float = 0.4):
     return cls(network, settings, PairSettings.from_options(options))
 
 
-def score(recon, true_K: np.ndarray, truth: np.ndarray, focal_error: float, backend: str,
-          alignment: str) -> QualityRow:
-    """The :class:`QualityRow` of ``recon`` against the rig's ``truth`` surface points and
-    true intrinsics ``true_K`` (network pixels)."""
+def score(recon, true_K: np.ndarray, true_poses: np.ndarray, truth: np.ndarray,
+          focal_error: float, backend: str, alignment: str) -> QualityRow:
+    """The :class:`QualityRow` of ``recon`` against the rig's ``truth`` surface points, true
+    intrinsics ``true_K`` (network pixels) and camera-to-rig poses ``true_poses``; an
+    uncalibrated reconstruction is first brought into the rig frame by the Sim(3) of its
+    camera centres onto the true ones."""
     from threer_ros.geometry.fusion import accuracy_completeness
+    from threer_ros.geometry.registration import align_to_reference
 
-    points = recon.points[np.linalg.norm(recon.points, axis=1) < VOLUME_RADIUS]
+    points, info = recon.points, dict(recon.info)
+    if not recon.poses_from_calibration:
+        to_rig, disagreement = align_to_reference(recon.cam_to_rig, true_poses)
+        points = to_rig.apply(points)
+        info.update(disagreement.summary())
+    points = points[np.linalg.norm(points, axis=1) < VOLUME_RADIUS]
     near = accuracy_completeness(points, truth, 0.002)
     far = accuracy_completeness(points, truth, 0.005)
     row = QualityRow(backend, alignment, focal_error, near.median, near.mean,
                      near.completeness, far.completeness, len(points))
-    if "pose_rotation_max_deg" in recon.info:
+    if "pose_rotation_max_deg" in info:
         focal = np.median(np.abs(recon.intrinsics[:, 0, 0] / true_K[:, 0, 0] - 1))
-        row = replace(row, rotation_max_deg=recon.info["pose_rotation_max_deg"],
-                      centre_max_m=recon.info["pose_centre_max_m"],
+        row = replace(row, rotation_max_deg=info["pose_rotation_max_deg"],
+                      centre_max_m=info["pose_centre_max_m"],
                       focal_error_estimated=float(focal))
     return row
 
 
 def run_grid(backends, alignments, focal_errors, cameras: int = 8, size: int = 128,
              seed: int = 0, iterations: int = 300, device: str = "cpu") -> list[QualityRow]:
-    """Every backend x alignment x focal error on one synthetic rig (images twice the network
-    size, so that the network sees downscaled frames as with a real camera)."""
+    """Every backend x alignment (``fast``, ``full``, or ``none``: full without the
+    calibration) x focal error on one synthetic rig (images twice the network size, so that
+    the network sees downscaled frames as with a real camera)."""
     from threer_ros.data.synthetic import SyntheticRig
     from threer_ros.pipeline.backends import BackendOptions
     from threer_ros.pipeline.network import prepare_network_images
@@ -98,18 +108,21 @@ def run_grid(backends, alignments, focal_errors, cameras: int = 8, size: int = 1
     rig = SyntheticRig.render(seed=seed, width=round(2 * size / 1.4582), count=cameras)
     truth = rig.surface_points()
     frames = rig.frame_set(0)
-    true_K = prepare_network_images(frames, size, "cpu").intrinsics
+    images = prepare_network_images(frames, size, "cpu")
     rows = []
     for backend in backends:
         for alignment in alignments:
             for error in focal_errors:
-                options = BackendOptions(device=device, network_size=size, alignment=alignment,
+                options = BackendOptions(device=device, network_size=size,
+                                         alignment="full" if alignment == "none" else alignment,
+                                         use_calibration=alignment != "none",
                                          alignment_iterations=iterations)
                 perturbation = realistic(seed, focal_error=error,
                                          focal_spread=0.01 if error else 0.0)
                 recon = oracle_backend(backend, frames, options, perturbation) \
                     .reconstruct(frames)
-                rows.append(score(recon, true_K, truth, error, backend, alignment))
+                rows.append(score(recon, images.intrinsics, images.cam_to_rig, truth, error,
+                                  backend, alignment))
                 print(format_row(rows[-1]), flush=True)
     return rows
 

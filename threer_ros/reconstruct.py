@@ -38,7 +38,7 @@ from threer_ros.data.preview import render_points, save_preview
 from threer_ros.pipeline.backends import (BACKENDS, make_reconstructor, options_from_parameters,
                                           resolve_device)
 from threer_ros.pipeline.compare import CompareReconstructor, Comparison
-from threer_ros.pipeline.frames import FramePreparer
+from threer_ros.pipeline.frames import FramePreparer, resize_frame
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -64,12 +64,13 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def load_frame_set(files: list[Path], calibration: Path | None, working_width: int) -> FrameSet:
-    """Read ``files`` as one set (stamp 0), with the calibration file's cameras if given."""
+def load_frame_set(files: list[Path], calibration: Path | None) -> FrameSet:
+    """Read ``files`` as one set (stamp 0), with the calibration file's cameras if given,
+    undistorted, at their size."""
     from PIL import Image
 
     rig = load_rig_calibration(calibration) if calibration else None
-    preparer = FramePreparer(working_width)
+    preparer = FramePreparer()
     frames = []
     for path in files:
         try:
@@ -87,14 +88,14 @@ def load_frame_set(files: list[Path], calibration: Path | None, working_width: i
     return FrameSet(tuple(frames), 0)
 
 
-def nersemble_frame_set(root: Path, participant: str, sequence: str, frame: int,
-                        working_width: int) -> FrameSet:
+def nersemble_frame_set(root: Path, participant: str, sequence: str, frame: int
+                        ) -> FrameSet:
     """Timestep ``frame`` of every camera of a NeRSemble sequence, calibrated (rig = the
-    dataset's world frame, metres), resized to ``working_width``."""
+    dataset's world frame, metres), undistorted, at their size."""
     from threer_ros.data.nersemble import NersembleSequence
 
     raw = next(NersembleSequence.open(root, participant, sequence).frame_sets(frame, frame + 1))
-    preparer = FramePreparer(working_width)
+    preparer = FramePreparer()
     return FrameSet(tuple(preparer.prepare(f.camera, f.image, f.stamp_ns, f.calibration)
                           for f in raw.frames), raw.stamp_ns)
 
@@ -110,9 +111,10 @@ def poses_document(backend: str, recon: Reconstruction, frame: str) -> dict:
     }
 
 
-def preview(recon: Reconstruction, frames: FrameSet, zoom: int = 2) -> list[np.ndarray]:
-    """The rig's middle camera: its input image beside the cloud seen from that camera (at
-    ``zoom`` times the backend's working resolution)."""
+def preview(recon: Reconstruction, frames: FrameSet, working_width: int, zoom: int = 2
+            ) -> list[np.ndarray]:
+    """The rig's middle camera: its input image (shrunk to ``working_width``) beside the cloud
+    seen from that camera (at ``zoom`` times the backend's working resolution)."""
     index = len(recon.cameras) // 2
     K = recon.intrinsics[index].copy()
     height, width = round(2 * K[1, 2] + 1), round(2 * K[0, 2] + 1)   # centred principal point
@@ -120,16 +122,17 @@ def preview(recon: Reconstruction, frames: FrameSet, zoom: int = 2) -> list[np.n
     K[:2, 2] += 0.5 * (zoom - 1)                                       # pixel centres
     render = render_points(recon.points, recon.colors, recon.cam_to_rig[index], K,
                            (zoom * height, zoom * width), splat=zoom + 1)
-    return [frames.frames[index].image, render]
+    return [resize_frame(frames.frames[index], working_width).image, render]
 
 
 def write_outputs(out: Path, backend: str, recon: Reconstruction, frames: FrameSet,
-                  frame: str) -> None:
-    """``<backend>.ply``, ``<backend>_poses.json`` and ``<backend>_preview.png`` in ``out``."""
+                  frame: str, working_width: int) -> None:
+    """``<backend>.ply``, ``<backend>_poses.json`` and ``<backend>_preview.png`` (input shrunk
+    to ``working_width``) in ``out``."""
     write_ply(out / f"{backend}.ply", recon.points, recon.colors, recon.confidence)
     (out / f"{backend}_poses.json").write_text(
         json.dumps(poses_document(backend, recon, frame), indent=1))
-    save_preview(out / f"{backend}_preview.png", preview(recon, frames))
+    save_preview(out / f"{backend}_preview.png", preview(recon, frames, working_width))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,10 +152,9 @@ def run(args: argparse.Namespace) -> int:
         if not (args.participant and args.sequence):
             raise ValueError("--nersemble needs --participant and --sequence")
         frames = nersemble_frame_set(args.nersemble, args.participant, args.sequence,
-                                     args.frame, options.working_width)
+                                     args.frame)
     elif args.images:
-        frames = load_frame_set(image_files(args.images), args.calibration,
-                                options.working_width)
+        frames = load_frame_set(image_files(args.images), args.calibration)
     else:
         raise ValueError("give image files or folders, or --nersemble ROOT")
     print(f"{len(frames.frames)} images: {', '.join(frames.cameras)}")
@@ -167,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     frame = params["output_frame"] if frames.is_calibrated else "network"
     for name, recon in comparison.reconstructions.items():
-        write_outputs(args.out, name, recon, frames, frame)
+        write_outputs(args.out, name, recon, frames, frame, options.working_width)
         stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in recon.timings_s.items())
         print(f"{name}: {len(recon.points)} points ({stages}) -> {args.out / (name + '.ply')}")
     for name, error in comparison.errors.items():

@@ -23,6 +23,25 @@ def pixel_rays(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return pixels @ torch.linalg.inv(K).T
 
 
+def rays_of_views(K: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(N, H, W, 3)`` rays ``K^-1 [u, v, 1]`` (z = 1) of every pixel of N cameras with
+    intrinsics ``(N, 3, 3)``."""
+    v, u = torch.meshgrid(torch.arange(height, dtype=K.dtype, device=K.device),
+                          torch.arange(width, dtype=K.dtype, device=K.device), indexing="ij")
+    pixels = torch.stack([u, v, torch.ones_like(u)], -1)
+    return torch.einsum("nij,hwj->nhwi", torch.linalg.inv(K), pixels)
+
+
+def depths_to_rig(depth: torch.Tensor, K: torch.Tensor, cam_to_rig: torch.Tensor
+                  ) -> torch.Tensor:
+    """Rig-frame points ``(N, H, W, 3)`` of N depth maps ``(N, H, W)`` (metres along each
+    camera's optical axis) back-projected along their calibrated rays (``K`` ``(N, 3, 3)``,
+    ``cam_to_rig`` ``(N, 4, 4)``)."""
+    cam = rays_of_views(K.to(depth.dtype), *depth.shape[1:]) * depth[..., None]
+    pose = cam_to_rig.to(depth.dtype)
+    return torch.einsum("nij,nhwj->nhwi", pose[:, :3, :3], cam) + pose[:, None, None, :3, 3]
+
+
 def backproject(depth: torch.Tensor, K: torch.Tensor, cam_to_rig: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """Rig-frame points (metres) of the pixels of an ``H x W`` depth map.

@@ -110,12 +110,32 @@ class FusionSettings:
         voxel_size: Voxel edge (cloud unit) of the averaging down-sampling; 0 disables it.
         outlier_neighbours: Neighbours of the statistical outlier test; 0 disables it.
         outlier_std_ratio: Points farther than mean + ratio * std (mean neighbour distance) go.
+        view_quantile: The least confident fraction of every view's pixels is dropped
+            (Fast3R's demo: 0.1).
+        min_view_confidence: Views whose most confident pixel is below this are dropped
+            (Fast3R's demo: 1.5).
     """
 
     confidence_threshold: float = 0.0
     voxel_size: float = 0.0
     outlier_neighbours: int = 16
     outlier_std_ratio: float = 2.0
+    view_quantile: float = 0.0
+    min_view_confidence: float = 0.0
+
+
+def view_confidence_mask(confidence: torch.Tensor, settings: FusionSettings) -> torch.Tensor:
+    """``(N, H, W)`` bool: the pixels of N views that the per-view rules of ``settings`` keep
+    (``view_quantile``, ``min_view_confidence``; the absolute threshold is applied by
+    :func:`fuse_points`)."""
+    flat = confidence.flatten(1).float()
+    keep = torch.ones_like(confidence, dtype=torch.bool)
+    if settings.view_quantile > 0:
+        cut = torch.quantile(flat, settings.view_quantile, dim=1)
+        keep &= confidence >= cut[:, None, None].to(confidence.dtype)
+    if settings.min_view_confidence > 0:
+        keep &= (flat.amax(1) >= settings.min_view_confidence)[:, None, None]
+    return keep
 
 
 def fuse_points(points: torch.Tensor, colors: torch.Tensor, confidence: torch.Tensor,

@@ -13,8 +13,8 @@ pair's pointmaps onto the views' back-projected depth maps.
   cosine learning-rate decay), as DUSt3R's global aligner does.
 * :func:`threer_ros.geometry.sparse_alignment.sparse_global_alignment` is MASt3R's own
   alignment on pixel correspondences (its descriptor matches), with its own parametrisation.
-* :func:`calibrated_points` is the calibrated fast path: poses and intrinsics fixed, one
-  closed-form scale per pair.
+* :func:`calibrated_points` is the calibrated fast path: poses and intrinsics fixed, the
+  networks' depths along the calibrated rays, one closed-form scale per pair.
 
 Conventions: OpenCV optical frames, camera-to-world 4x4 poses, principal point at the image
 centre unless intrinsics are given; all tensors on one device, float32 optimisation with
@@ -29,9 +29,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from threer_ros.geometry.cameras import depths_to_rig, rays_of_views
 from threer_ros.geometry.optimisation import compiled_if, minimise
 from threer_ros.geometry.registration import (estimate_focal, fit_similarity_batched,
-                                              pixel_grid, ray_consistent_scale)
+                                              focal_stretch, pixel_grid, ray_consistent_scale)
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,20 @@ class PairPredictions:
         return tuple(self.points1.shape[1:3])
 
 
+#: Final learning rate of the dense alignment's cosine decay (the official aligner's).
+DENSE_LR_MIN = 1e-6
+#: Learning-rate factor of the dense alignment's log focal: upstream optimises ``20 log f``.
+FOCAL_RATE = 1 / 20
+
+
 @dataclass(frozen=True)
 class AlignmentSettings:
     """Optimisation settings (defaults as the upstream demos: 300 steps at lr 0.01).
 
     Attributes:
         iterations: Adam steps of the dense refinement.
-        lr: Initial learning rate (cosine decay to ``lr / 100``).
+        lr: Initial learning rate (cosine decay to ``lr / 100``; the dense alignment's to
+            :data:`DENSE_LR_MIN`).
         compile: ``torch.compile`` the losses (forward and backward fused into a few kernels
             per step; each new problem shape compiles once per process, tens of seconds).
     """
@@ -312,25 +320,27 @@ class _DenseTargets(NamedTuple):
 
 def _dense_loss(cams: CameraState, pair_quat: torch.Tensor, pair_trans: torch.Tensor,
                 pair_log_scale: torch.Tensor, targets: _DenseTargets) -> torch.Tensor:
-    """Mean over pairs of the weighted distance between ``S_e`` applied to the pair's
-    pointmaps and the views' back-projected depths (pair log scales centred)."""
+    """Weighted distance between ``S_e`` applied to the pairs' pointmaps and the views'
+    back-projected depths, summed over all pairs and divided by their total pixel count, as
+    the official aligner normalises it (pair log scales centred)."""
     world = _back_project(cams.log_depth.exp(), cams.log_focal.exp(), cams.principal_point,
                           quaternion_to_rotation(cams.quat), cams.trans)
     scale = (pair_log_scale - pair_log_scale.mean()).exp()
     rot = quaternion_to_rotation(pair_quat)
     d1 = (_apply(scale, rot, pair_trans, targets.points1) - world[targets.first]).norm(dim=-1)
     d2 = (_apply(scale, rot, pair_trans, targets.points2) - world[targets.second]).norm(dim=-1)
-    return (((targets.weight1 * d1).sum((1, 2)) + (targets.weight2 * d2).sum((1, 2)))
-            / targets.norm).mean()
+    return ((targets.weight1 * d1).sum() + (targets.weight2 * d2).sum()) / targets.norm
 
 
 def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentSettings,
                  optimise_focal: bool = True) -> tuple[ViewEstimate, float]:
     """DUSt3R-style dense global alignment from ``init``; returns the views and final loss.
 
-    The loss is the mean over pairs of the ``log(conf)``-weighted Euclidean distance between
-    ``S_e`` applied to the pair's pointmaps and the views' back-projected depths; the pairs'
-    log scales are centred (geometric mean 1) to fix the gauge.
+    The loss is the ``log(conf)``-weighted Euclidean distance between ``S_e`` applied to the
+    pairs' pointmaps and the views' back-projected depths over all pixels of all pairs,
+    divided by their number; the pairs' log scales are centred (geometric mean 1) to fix the
+    gauge. As upstream, the learning rate decays (cosine) to 1e-6, and the focal length moves
+    as ``20 log f`` would (its learning rate a twentieth of the others').
     """
     targets = init.points()
     s, R, t = fit_similarity_batched(
@@ -349,40 +359,60 @@ def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentS
     pair_log_scale = torch.nn.Parameter((s / gauge).float().log())
     w1, w2 = pred.conf1.float().log(), pred.conf2.float().log()
     dense = _DenseTargets(pred.first, pred.second, pred.points1.float(), pred.points2.float(),
-                          w1, w2, (w1.sum((1, 2)) + w2.sum((1, 2))).clamp(min=1e-9))
+                          w1, w2, torch.tensor(float(w1.numel()), device=w1.device))
     loss = compiled_if(settings.compile, _dense_loss)
-    final = minimise([([cams.quat, cams.trans, cams.log_focal, cams.log_depth, pair_quat,
-                       pair_trans, pair_log_scale], 1.0)],
+    final = minimise([([cams.quat, cams.trans, cams.log_depth, pair_quat, pair_trans,
+                        pair_log_scale], 1.0), ([cams.log_focal], FOCAL_RATE)],
                      lambda: loss(cams.state(), pair_quat, pair_trans, pair_log_scale, dense),
-                     settings.iterations, settings.lr)
+                     settings.iterations, settings.lr, lr_min=DENSE_LR_MIN)
     return cams.estimate(cams.log_depth.detach().exp(), init.confidence), final
+
+
+def unstretched(pred: PairPredictions, intrinsics: torch.Tensor) -> PairPredictions:
+    """The pairs' answers with the stretch of each pair's first camera's focal
+    error undone, given the calibrated ``(N, 3, 3)`` intrinsics: both pointmaps of a pair are
+    in its first camera's frame, where a network that misjudges that camera's focal by a
+    factor ``r`` divides x and y by ``r``
+    (:func:`~threer_ros.geometry.registration.focal_stretch`)."""
+    trusted = pred.conf1 >= pred.conf1.flatten(1).median(1).values[:, None, None]
+    ratio = focal_stretch(pred.points1, intrinsics[pred.first], trusted)[:, None, None, None]
+
+    def undo(points: torch.Tensor) -> torch.Tensor:
+        return torch.cat([points[..., :2] * ratio.to(points.dtype), points[..., 2:]], -1)
+
+    return PairPredictions(pred.first, pred.second, undo(pred.points1), undo(pred.points2),
+                           pred.conf1, pred.conf2)
 
 
 def calibrated_points(pred: PairPredictions, intrinsics: torch.Tensor,
                       cam_to_rig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Calibrated fast path: rig-frame points ``(N, H, W, 3)`` and confidence ``(N, H, W)``.
 
-    Each pair's unit is fixed by the closed-form scale that puts its second view's points on
-    the calibrated rays of that camera; each view's points are then its own-frame pointmaps
-    placed by its calibrated pose, averaged over the pairs it leads (confidence-weighted).
+    As the official known-pose mode does, only the networks' depths are kept: each view's
+    points are its depth map along its calibrated rays, placed by its calibrated pose (a
+    network's own x and y carry its focal error and would fan the views out sideways). Each
+    pair's unit is the closed-form, re-weighted scale that puts its second view's points on the
+    calibrated rays of that camera, after undoing the stretch of the pair's answers by the
+    focal error of its first view (:func:`unstretched`); each view's depth is the
+    confidence-weighted mean of the scaled depths of the pairs it leads. Pixels no pair puts in front of the camera are NaN.
     """
     E = len(pred.first)
     H, W = pred.shape
     dev = pred.points1.device
-    pixels = torch.cat([pixel_grid(H, W, intrinsics), torch.ones(H, W, 1, dtype=intrinsics.dtype,
-                                                                 device=dev)], -1).reshape(-1, 3)
-    rays = torch.einsum("nij,pj->npi", torch.linalg.inv(intrinsics.double()), pixels.double())
+    rays = rays_of_views(intrinsics.double(), H, W).reshape(len(intrinsics), -1, 3)
     pose_i, pose_j = cam_to_rig[pred.first].double(), cam_to_rig[pred.second].double()
     directions = torch.einsum("eij,epj->epi", pose_j[:, :3, :3], rays[pred.second])
+    pred = unstretched(pred, intrinsics)
     scale = ray_consistent_scale(pred.points2.reshape(E, -1, 3), pose_i,
                                  pose_j[:, None, :3, 3].expand_as(directions), directions,
                                  pred.conf2.reshape(E, -1))
-    placed = _apply(scale, pose_i[:, :3, :3], pose_i[:, :3, 3], pred.points1.double())
+    depth = scale[:, None, None] * pred.points1[..., 2].double()
     n = len(cam_to_rig)
-    weight = pred.conf1.double()
-    sums = torch.zeros(n, H, W, 3, dtype=torch.float64, device=dev)
-    sums.index_add_(0, pred.first, placed * weight[..., None])
+    weight = torch.where(depth > 0, pred.conf1.double(), 0.0)
+    sums = torch.zeros(n, H, W, dtype=torch.float64, device=dev).index_add_(
+        0, pred.first, torch.where(depth > 0, depth, 0.0) * weight)
     total = torch.zeros(n, H, W, dtype=torch.float64, device=dev).index_add_(0, pred.first,
                                                                               weight)
+    mean_depth = torch.where(total > 0, sums / total.clamp(min=1e-300), float("nan"))
     confidence = _max_per_view(pred.first, pred.conf1, n)
-    return sums / total.clamp(min=1e-12)[..., None], confidence
+    return depths_to_rig(mean_depth, intrinsics.double(), cam_to_rig.double()), confidence

@@ -15,13 +15,13 @@ GRAPH_WARMUP_STEPS = 3
 
 def minimise(groups: list[tuple[list[torch.nn.Parameter], float]],
              loss_fn: Callable[[], torch.Tensor], iterations: int, lr: float,
-             final_fraction: float = 0.01,
+             lr_min: float | None = None,
              after_step: Callable[[], None] | None = None) -> float:
     """``iterations`` Adam steps on ``loss_fn()`` over parameter ``groups`` (parameters,
-    learning-rate factor), the rate decaying from ``lr * factor`` to ``final_fraction`` of it
-    (cosine); returns the final loss. Parameters without ``requires_grad`` stay fixed.
-    ``after_step``, when given, runs (without gradients) after every optimiser step, e.g. to
-    project parameters back onto their manifold.
+    learning-rate factor), the rate decaying (cosine) from ``lr * factor`` to
+    ``lr_min * factor`` (default ``lr / 100``); returns the final loss. Parameters without
+    ``requires_grad`` stay fixed. ``after_step``, when given, runs (without gradients) after
+    every optimiser step, e.g. to project parameters back onto their manifold.
 
     On a GPU, after a few ordinary steps, one step (loss, backward, fused Adam) is captured
     as a CUDA graph and replayed for the remaining steps: a step's hundreds of small kernels
@@ -39,11 +39,12 @@ def minimise(groups: list[tuple[list[torch.nn.Parameter], float]],
     optimiser = torch.optim.Adam(param_groups, lr=lr, betas=(0.9, 0.9),
                                  fused=device.type == "cuda" or None, capturable=graphed)
 
+    floor = lr / 100 if lr_min is None else lr_min
+
     def set_rate(step: int) -> None:
-        decay = final_fraction + (1 - final_fraction) * (
-            1 + math.cos(math.pi * step / max(iterations, 1))) / 2
+        decay = (1 + math.cos(math.pi * step / max(iterations, 1))) / 2
         for group in optimiser.param_groups:
-            rate = lr * group["factor"] * decay
+            rate = group["factor"] * (floor + (lr - floor) * decay)
             if graphed:
                 group["lr"].fill_(rate)
             else:

@@ -131,6 +131,21 @@ def estimate_focal(points_cam: torch.Tensor, principal_point: torch.Tensor | Non
     return focal
 
 
+def focal_stretch(points_cam: torch.Tensor, K: torch.Tensor, mask: torch.Tensor
+                  ) -> torch.Tensor:
+    """``(B,)`` ratio of the focal length a pointmap implies to the calibrated one.
+
+    A network that believes camera a's focal is ``f * r`` gives every point in a's frame with
+    x and y divided by ``r`` (the one scene consistent with the image under that belief);
+    multiplying x and y of its answers in a's frame by ``r`` undoes it. ``points_cam``
+    ``(B, H, W, 3)`` is a's own pointmap, ``K`` ``(B, 3, 3)`` its calibrated intrinsics,
+    ``mask`` ``(B, H, W)`` the pixels to trust.
+    """
+    K = K.double()
+    focal = estimate_focal(points_cam, K[:, :2, 2], mask=mask)
+    return focal / ((K[:, 0, 0] + K[:, 1, 1]) / 2)
+
+
 def solve_pnp(points: np.ndarray, pixels: np.ndarray, K: np.ndarray,
               reprojection_px: float = 5.0, iterations: int = 100, seed: int = 0
               ) -> np.ndarray | None:

@@ -480,7 +480,7 @@ def sparse_global_alignment(pred: PairPredictions, matches: Correspondences, n: 
         return minimise([(list(unknowns), 1.0)],
                         lambda: fn(unknowns, fixed, ends, fallback, power, fallback_gamma,
                                    fallback_weight),
-                        iterations, lr, final_fraction=0.0, after_step=renormalise)
+                        iterations, lr, lr_min=0.0, after_step=renormalise)
 
     final = run(_coarse_loss, settings.coarse_lr, settings.coarse_iterations,
                 settings.coarse_gamma)

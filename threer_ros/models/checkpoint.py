@@ -27,8 +27,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from threer_ros.models.spec import (ModelSpec, SpecError, constructor_string,
-                                    dpt_widths_from_shapes, parse_constructor)
+from threer_ros.models.spec import (FAST3R_CONFIG_KEYS, ModelSpec, SpecError,
+                                    constructor_string, dpt_widths_from_shapes, fast3r_spec,
+                                    parse_constructor)
 
 
 class CheckpointError(RuntimeError):
@@ -97,12 +98,11 @@ def _hf_folder_spec(folder: Path) -> tuple[ModelSpec, dict]:
         raise _fail(config_file, f"not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise _fail(config_file, "expected a JSON object of constructor arguments")
-    fast3r_keys = {"encoder_args", "decoder_args", "head_args"}
-    if fast3r_keys & set(config):
-        if not fast3r_keys <= set(config):
-            raise _fail(config_file, f"not a Fast3R config: missing "
-                                     f"{sorted(fast3r_keys - set(config))}")
-        spec = ModelSpec("Fast3R", config)
+    if FAST3R_CONFIG_KEYS & set(config):
+        try:
+            spec = fast3r_spec(config)
+        except SpecError as exc:
+            raise _fail(config_file, str(exc)) from None
     elif "output_mode" in config or "head_type" in config:
         mast3r = str(config.get("output_mode", "")).startswith("pts3d+desc")
         spec = _as_loaded_by_dust3r(

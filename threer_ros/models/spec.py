@@ -46,6 +46,19 @@ class ModelSpec:
     dpt: DPTWidths = field(default_factory=DPTWidths)
 
 
+#: The constructor arguments of Fast3R, as its ``config.json`` holds them.
+FAST3R_CONFIG_KEYS = frozenset({"encoder_args", "decoder_args", "head_args"})
+
+
+def fast3r_spec(config: Mapping[str, Any]) -> ModelSpec:
+    """The :class:`ModelSpec` of Fast3R's ``config.json`` (its constructor arguments, as
+    loaded by ``json``). Raises :class:`SpecError` when keys are missing."""
+    missing = FAST3R_CONFIG_KEYS - set(config)
+    if missing:
+        raise SpecError(f"not a Fast3R config: missing {sorted(missing)}")
+    return ModelSpec("Fast3R", dict(config))
+
+
 def constructor_string(spec: ModelSpec) -> str:
     """``spec`` as the constructor string a checkpoint stores (``'Name(key=literal, ...)'``),
     which :func:`parse_constructor` reads back."""

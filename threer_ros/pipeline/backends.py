@@ -29,6 +29,17 @@ _IMPLEMENTATIONS = {
 }
 
 
+#: What ``confidence_threshold: -1`` means per backend: the official demos' confidence rules
+#: (DUSt3R / Pow3R demos: 3; MASt3R's: 1.5; Fast3R's: the least confident 10 % of each view
+#: and views whose best confidence is under 1.5), as ``FusionSettings`` fields.
+OFFICIAL_CONFIDENCE = {
+    "mvs": {"confidence_threshold": 0.0},
+    "fast3r": {"confidence_threshold": 0.0, "view_quantile": 0.1, "min_view_confidence": 1.5},
+    "mast3r": {"confidence_threshold": 1.5},
+    "pow3r": {"confidence_threshold": 3.0},
+}
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """Settings shared by all backends.
@@ -36,17 +47,22 @@ class BackendOptions:
     Attributes:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         checkpoint: Weights file or folder of a network backend ("" = default cache entry).
-        working_width: Images are resized to this width (pixels) before reconstruction.
+        working_width: The ``mvs`` backend (and previews) shrink images to this width
+            (pixels); the network backends make their network images from the originals.
         voxel_size: Voxel size (metres) of the fused cloud's down-sampling; 0 disables it.
-        confidence_threshold: Points below this confidence are dropped.
+        confidence_threshold: Points below this confidence are dropped; -1: the backend's
+            official rule (:data:`OFFICIAL_CONFIDENCE`).
         network_size: Long side (pixels) of the network images (512 for released weights).
-        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto`` (CUDA: bf16 trunk with fp32 heads; CPU: fp32), ``fp32``,
+            ``bf16-trunk``, ``bf16`` (heads too: faster, less exact) or ``fp16``.
         use_calibration: Use known intrinsics/extrinsics in the network backends.
         alignment: ``auto`` | ``fast`` (calibrated poses fixed) | ``full`` (estimate all).
         pair_graph: Pairs of the pairwise backends: ``complete``, ``knn`` (each camera with its
             ``graph_neighbours`` nearest by rig position, or by index without extrinsics) or
             ``reference`` (every camera with the first).
         graph_neighbours: k of the ``knn`` graph.
+        pose_priors: Pow3R's full alignment also gets the calibrated relative poses as priors
+            (they partly hide a moved camera; the fast path always gets them).
         pair_batch: Pairs per network batch.
         alignment_iterations: Optimisation steps of the full global alignment.
         alignment_lr: Adam learning rate of the full global alignment.
@@ -61,13 +77,14 @@ class BackendOptions:
     checkpoint: str = ""
     working_width: int = 320
     voxel_size: float = 0.002
-    confidence_threshold: float = 0.0
+    confidence_threshold: float = -1.0
     network_size: int = 512
     precision: str = "auto"
     use_calibration: bool = True
     alignment: str = "auto"
     pair_graph: str = "knn"
     graph_neighbours: int = 4
+    pose_priors: bool = False
     pair_batch: int = 16
     alignment_iterations: int = 300
     alignment_lr: float = 0.01
@@ -76,19 +93,22 @@ class BackendOptions:
     compile_network: bool = False
     compile_alignment: bool = False
 
-    def fusion_settings(self) -> FusionSettings:
-        """The fused cloud's filtering settings."""
-        return FusionSettings(self.confidence_threshold, self.voxel_size,
-                              self.outlier_neighbours, self.outlier_std_ratio)
+    def fusion_settings(self, backend: str) -> FusionSettings:
+        """The fused cloud's filtering settings for ``backend``."""
+        confidence = OFFICIAL_CONFIDENCE[backend] if self.confidence_threshold < 0 \
+            else {"confidence_threshold": self.confidence_threshold}
+        return FusionSettings(voxel_size=self.voxel_size,
+                              outlier_neighbours=self.outlier_neighbours,
+                              outlier_std_ratio=self.outlier_std_ratio, **confidence)
 
-    def network_settings(self):
-        """Settings of the network backends (:class:`~threer_ros.pipeline.network.
+    def network_settings(self, backend: str):
+        """Settings of the network backend ``backend`` (:class:`~threer_ros.pipeline.network.
         NetworkSettings`)."""
         from threer_ros.pipeline.network import NetworkSettings
 
         return NetworkSettings(resolve_device(self.device), self.checkpoint, self.network_size,
                                self.precision, self.use_calibration, self.alignment,
-                               self.fusion_settings(), self.compile_network)
+                               self.fusion_settings(backend), self.compile_network)
 
 
 def options_from_parameters(parameters: Mapping[str, Any]) -> BackendOptions:

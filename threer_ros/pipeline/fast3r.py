@@ -5,14 +5,19 @@ Fast3R predicts, for every view, a pointmap in the first view's camera frame (gl
 (``pts3d_local``), each with a confidence. From these:
 
 * **calibrated fast path** (intrinsics and extrinsics known, ``alignment`` auto/fast): the
-  calibrated poses stay fixed. The one unknown of the global pointmaps, their scale, is the
-  closed-form scale that puts every view's global points on that camera's pixel rays
-  (:func:`~threer_ros.geometry.registration.ray_consistent_scale`); each view's local pointmap
-  is related to its global one by a Sim(3) fit whose scale carries it to metres too. Points
-  are then placed by the calibrated pose of their own camera.
-* **full path**: per view, the focal length from its local pointmap (robust Weiszfeld estimate,
-  principal point at the image centre; the calibrated intrinsics when known) and the pose by
-  PnP-RANSAC of the global points against their pixels; with a calibrated rig the result is
+  calibrated poses and intrinsics stay fixed and only the networks' depths are kept (their x
+  and y carry the network's focal error). The global pointmaps are first un-stretched by the
+  ratio of view 0's implied focal to its calibrated one
+  (:func:`~threer_ros.geometry.registration.focal_stretch`). Their one unknown, the scale, is the closed-form scale that puts every view's global points on that camera's pixel
+  rays (:func:`~threer_ros.geometry.registration.ray_consistent_scale`); each view's local
+  depth map then gets its own scale, the median ratio of the global points' depths along that
+  camera's axis to the local depths over its more confident half, and is back-projected along
+  the calibrated rays (without a local head, the global points' depths are used).
+* **full path**: one focal length for all views from view 0's global pointmap, as the official
+  demo estimates it (robust Weiszfeld estimate, 100 iterations, pixels at least as confident as
+  the 10th percentile, principal point at the image centre; the calibrated intrinsics when
+  known, and then the global pointmaps un-stretched as on the fast path) and each view's pose
+  by PnP-RANSAC of the global points against their pixels; with a calibrated rig the result is
   taken into the rig frame by a Sim(3) of the camera centres, with the residual reported.
 """
 
@@ -24,8 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from threer_ros.geometry.cameras import depths_to_rig, rays_of_views
 from threer_ros.geometry.registration import (estimate_focal, fit_similarity_batched,
-                                              pixel_grid, ray_consistent_scale, solve_pnp)
+                                              focal_stretch, pixel_grid, ray_consistent_scale,
+                                              solve_pnp)
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
                                          load_network, prepare_network_images)
 from threer_ros.pipeline.types import FrameSet, Reconstruction
@@ -41,14 +48,6 @@ def intrinsics_from_focal(focal: torch.Tensor, height: int, width: int) -> np.nd
     K[:, 0, 0] = K[:, 1, 1] = focal.double().cpu().numpy()
     K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = (width - 1) / 2, (height - 1) / 2, 1.0
     return K
-
-
-def camera_rays(K: np.ndarray, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    """``(N, H * W, 3)`` rays ``K^-1 [u, v, 1]`` of every pixel, row-major, for ``(N, 3, 3)`` K."""
-    pixels = pixel_grid(height, width, like.double()).reshape(-1, 2)
-    homogeneous = torch.cat([pixels, torch.ones_like(pixels[:, :1])], 1)
-    K_inv = torch.linalg.inv(torch.as_tensor(K, dtype=torch.float64, device=like.device))
-    return torch.einsum("nij,pj->npi", K_inv, homogeneous)
 
 
 def transform(poses: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -87,7 +86,7 @@ class Fast3RReconstructor:
     @classmethod
     def from_options(cls, options) -> "Fast3RReconstructor":
         """Build from :class:`~threer_ros.pipeline.backends.BackendOptions`."""
-        settings = options.network_settings()
+        settings = options.network_settings(cls.name)
         return cls(load_network("fast3r", settings), settings)
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
@@ -113,6 +112,8 @@ class Fast3RReconstructor:
         timings["network"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        if self.settings.use_calibration and images.intrinsics is not None:
+            glob = self._unstretched(images, glob, conf)
         if self.settings.fast_path(images):
             points = self._calibrated_points(images, glob, conf, local)
             timings["scale"] = time.perf_counter() - t0
@@ -123,23 +124,41 @@ class Fast3RReconstructor:
         return assemble(images, glob, conf, poses, K, frames.stamp_ns, self.settings, timings,
                         from_calibration=False)
 
+    @staticmethod
+    def _unstretched(images: NetworkImages, glob: torch.Tensor, conf: torch.Tensor
+                     ) -> torch.Tensor:
+        """The global pointmaps (view 0's frame) with the stretch of view 0's focal error
+        undone, by the ratio of its implied focal to its calibrated one (float64)."""
+        K = torch.as_tensor(images.intrinsics[:1], device=glob.device)
+        trusted = conf[:1] >= conf[:1].flatten(1).median(1).values[:, None, None]
+        ratio = focal_stretch(glob[:1], K, trusted)[0]
+        return torch.cat([glob[..., :2].double() * ratio, glob[..., 2:].double()], -1)
+
     def _calibrated_points(self, images: NetworkImages, glob: torch.Tensor, conf: torch.Tensor,
                            local: torch.Tensor | None) -> torch.Tensor:
-        """Rig-frame points (N, h, w, 3) with the calibrated poses held fixed."""
+        """Rig-frame points (N, h, w, 3) with the calibrated poses held fixed: each view's
+        local depth along its calibrated rays, scaled per view (module docstring)."""
         n, h, w, _ = glob.shape
-        poses = torch.as_tensor(images.cam_to_rig, device=glob.device)
-        rays = camera_rays(images.intrinsics, h, w, glob)                    # (N, hw, 3)
+        poses = torch.as_tensor(images.cam_to_rig, device=glob.device, dtype=torch.float64)
+        K = torch.as_tensor(images.intrinsics, device=glob.device, dtype=torch.float64)
+        rays = rays_of_views(K, h, w).reshape(n, -1, 3)
         # the global points of views 1.. (view 0's frame) must lie on their own cameras' rays
         directions = torch.einsum("nij,npj->npi", poses[1:, :3, :3], rays[1:])
         origins = poses[1:, None, :3, 3].expand_as(directions)
         scale = ray_consistent_scale(glob[1:].reshape(1, -1, 3), poses[:1],
                                      origins.reshape(1, -1, 3), directions.reshape(1, -1, 3),
                                      conf[1:].reshape(1, -1))[0]
-        if local is None:
-            return transform(poses[:1].expand(n, 4, 4), scale * glob.double())
-        relative, _, _ = fit_similarity_batched(local.reshape(n, -1, 3), glob.reshape(n, -1, 3),
-                                                conf.reshape(n, -1))
-        return transform(poses, (scale * relative)[:, None, None, None] * local.double())
+        rig = transform(poses[:1].expand(n, 4, 4), scale * glob)
+        # depth of every view's global points along its own optical axis
+        depth = torch.einsum("nhwi,ni->nhw", rig - poses[:, None, None, :3, 3], poses[:, :3, 2])
+        if local is not None:
+            own = local[..., 2].double()
+            trusted = conf >= conf.flatten(1).median(1).values[:, None, None]
+            ratio = torch.where((own > 0) & (depth > 0), depth / own, float("nan"))
+            view_scale = torch.where(trusted, ratio, float("nan")).flatten(1).nanmedian(1).values
+            depth = view_scale[:, None, None] * own
+        depth = torch.where(depth > 0, depth, float("nan"))
+        return depths_to_rig(depth, K, poses)
 
     def _estimate_cameras(self, images: NetworkImages, glob: torch.Tensor, conf: torch.Tensor,
                           local: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
@@ -148,10 +167,11 @@ class Fast3RReconstructor:
         if self.settings.use_calibration and images.intrinsics is not None:
             K = images.intrinsics
         else:
-            own = local if local is not None else glob[:1]
-            focal = estimate_focal(own, mask=conf[:len(own)] >= conf[:len(own)].flatten(1)
-                                   .median(1).values[:, None, None])
-            K = intrinsics_from_focal(focal.expand(n) if local is None else focal, h, w)
+            # as the official demo: one focal from view 0's global head, confidence at least
+            # its 10th percentile, 100 Weiszfeld iterations
+            trusted = conf[:1] >= torch.quantile(conf[0].flatten(), 0.1)
+            focal = estimate_focal(glob[:1], mask=trusted, iterations=100)
+            K = intrinsics_from_focal(focal.expand(n), h, w)
         pixels = pixel_grid(h, w, glob)
         fallback = None
         poses = np.empty((n, 4, 4))

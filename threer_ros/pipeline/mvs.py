@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from threer_ros.geometry.cameras import backproject, pixel_rays, pixel_to_grid_matrix, project
 from threer_ros.geometry.fusion import voxel_downsample
+from threer_ros.pipeline.frames import resize_frames
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
 
@@ -48,6 +49,7 @@ class PlaneSweepSettings:
         min_consistent: Other cameras that must agree with a depth for it to be kept.
         voxel_size: Voxel edge of the fused cloud's down-sampling (0 = off).
         device: Torch device.
+        working_width: Images are first shrunk to this width (pixels; 0 or wider: kept).
     """
 
     planes: int = 64
@@ -61,6 +63,7 @@ class PlaneSweepSettings:
     min_consistent: int = 2
     voxel_size: float = 0.002
     device: str = "cpu"
+    working_width: int = 320
 
 
 def _convergence_point(centres: np.ndarray, axes: np.ndarray) -> np.ndarray:
@@ -105,7 +108,7 @@ class PlaneSweepReconstructor:
     def from_options(cls, options) -> "PlaneSweepReconstructor":
         """Build from the node's :class:`~threer_ros.pipeline.backends.BackendOptions`."""
         return cls(replace(PlaneSweepSettings(), device=options.device,
-                           voxel_size=options.voxel_size))
+                           voxel_size=options.voxel_size, working_width=options.working_width))
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
         s = self.settings
@@ -117,6 +120,7 @@ class PlaneSweepReconstructor:
             raise ValueError(f"the mvs backend needs intrinsics and extrinsics for every camera; "
                              f"missing for {', '.join(uncalibrated)} (publish CameraInfo and "
                              "set rig_calibration)")
+        frames = resize_frames(frames, s.working_width)
         if len(frames.frames) < 1 + s.min_consistent:
             raise ValueError(f"mvs needs at least {1 + s.min_consistent} cameras, "
                              f"got {len(frames.frames)}")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from threer_ros.geometry.fusion import FusionSettings, fuse_points
+from threer_ros.geometry.fusion import FusionSettings, fuse_points, view_confidence_mask
 from threer_ros.geometry.registration import align_to_reference
 from threer_ros.models.preprocess import crop_geometry, prepare_images_torch
 from threer_ros.pipeline.types import FrameSet, Reconstruction
@@ -29,14 +29,33 @@ NETWORK_CLASSES = {
 }
 
 
-def network_dtype(precision: str, device: str) -> torch.dtype:
-    """``auto`` is bfloat16 on CUDA and float32 on the CPU; else ``fp32``, ``bf16``, ``fp16``."""
+#: ``precision`` values: name -> (trunk dtype, heads in float32).
+PRECISIONS = {"fp32": (torch.float32, False), "bf16-trunk": (torch.bfloat16, True),
+              "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
+
+
+def network_precision(precision: str, device: str) -> tuple[torch.dtype, bool]:
+    """(trunk dtype, heads in float32) of ``precision``: ``auto`` is ``bf16-trunk`` on CUDA
+    (encoder and decoder in bfloat16, the heads and MASt3R's descriptors in float32, as the
+    official code runs them) and ``fp32`` on the CPU; ``bf16`` casts the heads too (faster,
+    less exact: docs/backends.md)."""
     if precision == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in table:
-        raise ValueError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
-    return table[precision]
+        precision = "bf16-trunk" if device.startswith("cuda") else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use auto, "
+                         f"{', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def set_precision(model: nn.Module, precision: str, device: str) -> nn.Module:
+    """``model`` cast to ``precision`` (:func:`network_precision`), in place."""
+    from threer_ros.models import heads_to_float32
+
+    dtype, float_heads = network_precision(precision, device)
+    model.to(dtype=dtype)
+    if float_heads:
+        heads_to_float32(model)
+    return model
 
 
 def load_network(backend: str, settings: "NetworkSettings") -> nn.Module:
@@ -54,8 +73,8 @@ def load_network(backend: str, settings: "NetworkSettings") -> nn.Module:
 
     entry, classes = NETWORK_CLASSES[backend]
     path = resolve_checkpoint(entry, settings.checkpoint)
-    model = load_model(path, device=settings.device,
-                       dtype=network_dtype(settings.precision, settings.device))
+    model = set_precision(load_model(path, device=settings.device), settings.precision,
+                          settings.device)
     if type(model).__name__ not in classes:
         raise ValueError(f"checkpoint {path} holds a {type(model).__name__} network; the "
                          f"{backend} backend needs {' or '.join(classes)} weights")
@@ -131,7 +150,8 @@ class NetworkSettings:
         device: ``cpu``, ``cuda`` or ``cuda:N`` (already resolved).
         checkpoint: Weights file or folder ("" = the cached released weights).
         image_size: Long side of the network images in pixels (512 for the released models).
-        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto`` (CUDA: ``bf16-trunk``; CPU: ``fp32``), ``fp32``, ``bf16-trunk``
+            (heads in fp32), ``bf16`` or ``fp16`` (:func:`network_precision`).
         use_calibration: Use known intrinsics/extrinsics (priors, Sim(3) into the rig frame).
         alignment: ``fast`` keeps calibrated poses fixed and fits only depth scales; ``full``
             estimates every pose and then fits a Sim(3) to the calibration; ``auto`` is
@@ -170,7 +190,8 @@ def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tens
              cam_to_world: np.ndarray, intrinsics: np.ndarray, stamp_ns: int,
              settings: NetworkSettings, timings: dict[str, float], from_calibration: bool,
              info: dict[str, float] | None = None) -> Reconstruction:
-    """Fuse per-view pointmaps into a :class:`Reconstruction` in the rig frame.
+    """Fuse per-view pointmaps into a :class:`Reconstruction` in the rig frame (after the
+    per-view confidence rules of ``settings.fusion``).
 
     Args:
         points: ``(N, h, w, 3)`` points of every network pixel, in the frame of ``cam_to_world``.
@@ -180,7 +201,8 @@ def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tens
         from_calibration: True when ``cam_to_world`` are the calibrated poses (rig frame).
             Otherwise, with a calibrated set and ``use_calibration``, points and poses are taken
             into the rig frame by the Sim(3) of estimated onto calibrated camera centres, and
-            the remaining pose disagreement goes into ``info``.
+            the remaining pose disagreement goes into ``info``; else into the first camera's
+            frame (its pose the identity).
     """
     info = dict(info or {})
     t0 = time.perf_counter()
@@ -194,6 +216,13 @@ def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tens
         pts = to_rig.apply(pts)
         poses, from_calibration = images.cam_to_rig, True
         info.update(disagreement.summary(), rig_scale=to_rig.scale)
+    elif not from_calibration:        # the first camera's frame, as documented: pin it
+        to_first = np.linalg.inv(np.asarray(poses[0], dtype=np.float64))
+        pts = pts @ torch.as_tensor(to_first[:3, :3].T, device=pts.device) \
+            + torch.as_tensor(to_first[:3, 3], device=pts.device)
+        poses = to_first @ np.asarray(poses, dtype=np.float64)
+    kept = view_confidence_mask(confidence, settings.fusion).reshape(-1).to(pts.device)
+    pts = torch.where(kept[:, None], pts, float("nan"))
     colors = torch.from_numpy(images.colors.reshape(-1, 3)).to(pts.device)
     fused = fuse_points(pts, colors, confidence.float().reshape(-1), settings.fusion)
     timings["fusion"] = time.perf_counter() - t0

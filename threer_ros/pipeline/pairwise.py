@@ -8,7 +8,8 @@
 2. **Network**: each image is encoded once per set and the pairs are decoded in batches
    (``forward_pairs`` of our models; any module with the official ``model(view1, view2)``
    contract works too, pair batch by pair batch). Pow3R receives the calibration as priors:
-   rays from each camera's intrinsics and each pair's relative pose.
+   rays from each camera's intrinsics and, on the calibrated fast path (or with
+   ``pose_priors``), each pair's relative pose.
 3. **Alignment**: the calibrated fast path (poses fixed, one scale per pair), or MASt3R's
    sparse alignment as published on its four-way reciprocal descriptor matches
    (:mod:`threer_ros.geometry.sparse_alignment`; MASt3R), or spanning-tree initialisation
@@ -28,7 +29,7 @@ from torch import nn
 
 from threer_ros.geometry.global_alignment import (AlignmentSettings, PairPredictions,
                                                   calibrated_points, refine_dense,
-                                                  spanning_tree_init)
+                                                  spanning_tree_init, unstretched)
 from threer_ros.geometry.matching import Correspondences, four_way_matches
 from threer_ros.geometry.sparse_alignment import SparseSettings, sparse_global_alignment
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
@@ -99,6 +100,11 @@ class PairSettings:
             ``alignment_lr`` and ``compile_alignment``.
         sparse: MASt3R's sparse alignment: its stages run ``alignment_iterations`` steps
             each at the official learning rates, ``compile_alignment`` compiles its losses.
+        pose_priors: Pow3R with ``full`` alignment also gets the calibrated relative poses
+            as priors (node parameter ``pose_priors``). Off by default: the network follows a
+            pose prior, right or wrong, so the full alignment would then partly hide a camera
+            that moved; without, it checks the calibration independently. The calibrated
+            fast path always gives them (its poses are the calibration anyway).
     """
 
     graph: str = "knn"
@@ -106,6 +112,7 @@ class PairSettings:
     batch: int = 16
     alignment: AlignmentSettings = AlignmentSettings()
     sparse: SparseSettings = SparseSettings()
+    pose_priors: bool = False
 
     @classmethod
     def from_options(cls, options) -> "PairSettings":
@@ -116,7 +123,8 @@ class PairSettings:
                            lr=options.alignment_lr, compile=options.compile_alignment),
                    replace(SparseSettings(), coarse_iterations=options.alignment_iterations,
                            fine_iterations=options.alignment_iterations,
-                           compile=options.compile_alignment))
+                           compile=options.compile_alignment),
+                   pose_priors=options.pose_priors)
 
 
 class PairwiseReconstructor:
@@ -139,7 +147,7 @@ class PairwiseReconstructor:
     @classmethod
     def from_options(cls, options) -> "PairwiseReconstructor":
         """Build from :class:`~threer_ros.pipeline.backends.BackendOptions`."""
-        settings = options.network_settings()
+        settings = options.network_settings(cls.name)
         return cls(load_network(cls.name, settings), settings, PairSettings.from_options(options))
 
     def reconstruct(self, frames: FrameSet) -> Reconstruction:
@@ -155,7 +163,8 @@ class PairwiseReconstructor:
 
         t0 = time.perf_counter()
         fast = self.settings.fast_path(images)
-        pred, descriptors = self._run_pairs(images, edges, descriptors=not fast)
+        pred, descriptors = self._run_pairs(images, edges, descriptors=not fast,
+                                            pose_priors=fast or self.pairs.pose_priors)
         if images.img.is_cuda:
             torch.cuda.synchronize(images.img.device)
         timings["network"] = time.perf_counter() - t0
@@ -174,6 +183,7 @@ class PairwiseReconstructor:
         if known:
             K = torch.as_tensor(images.intrinsics, device=pred.points1.device)
             focal, principal = (K[:, 0, 0] + K[:, 1, 1]) / 2, K[:, :2, 2]
+            pred = unstretched(pred, K)     # known focal: undo the networks' focal errors
         with torch.enable_grad():
             if descriptors is not None:
                 matches = self._match(pred, descriptors)
@@ -195,9 +205,10 @@ class PairwiseReconstructor:
                         frames.stamp_ns, self.settings, timings, False, info)
 
     # --- network ------------------------------------------------------------------------
-    def _priors(self, images: NetworkImages, first: torch.Tensor, second: torch.Tensor
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Pow3R's prior inputs: rays per image ``(N, 3, h, w)`` and relative pose per pair."""
+    def _priors(self, images: NetworkImages, first: torch.Tensor, second: torch.Tensor,
+                pose_priors: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Pow3R's prior inputs: rays per image ``(N, 3, h, w)`` and, with ``pose_priors``,
+        the relative pose per pair."""
         if self.name != "pow3r" or not self.settings.use_calibration:
             return None, None
         from threer_ros.models.pow3r import rays_from_intrinsics, relative_pose
@@ -207,17 +218,18 @@ class PairwiseReconstructor:
         if images.intrinsics is not None:
             rays = rays_from_intrinsics(torch.as_tensor(images.intrinsics, dtype=torch.float32,
                                                         device=images.img.device), h, w)
-        if images.cam_to_rig is not None:
+        if pose_priors and images.cam_to_rig is not None:
             cams = torch.as_tensor(images.cam_to_rig, device=images.img.device)
             pose = relative_pose(cams[first], cams[second])
         return rays, pose
 
     def _run_pairs(self, images: NetworkImages, edges: list[tuple[int, int]],
-                   descriptors: bool = True
+                   descriptors: bool = True, pose_priors: bool = True
                    ) -> tuple[PairPredictions, tuple[torch.Tensor, ...] | None]:
         """All pairs through the network; with ``descriptors``, also the descriptors
         ``(desc1, desc2, conf1, conf2)`` of each pair when the network outputs them (without,
-        networks with ``forward_pairs`` skip computing them)."""
+        networks with ``forward_pairs`` skip computing them); ``pose_priors``: Pow3R gets the
+        calibrated relative poses."""
         dev = images.img.device
         first = torch.tensor([e[0] for e in edges], device=dev)
         second = torch.tensor([e[1] for e in edges], device=dev)
@@ -227,7 +239,7 @@ class PairwiseReconstructor:
         flip = bool(getattr(self.network, "landscape_only", False)) and h > w
         orient = (lambda x: x.transpose(-1, -2)) if flip else (lambda x: x)
         view = dict(images.view(range(len(images.cameras))), img=orient(images.img.to(dtype)))
-        rays, pose = self._priors(images, first, second)
+        rays, pose = self._priors(images, first, second, pose_priors)
         if rays is not None:
             view["known_rays"] = orient(rays)
         with torch.no_grad():       # not inference_mode: alignment differentiates outputs

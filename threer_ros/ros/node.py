@@ -188,7 +188,7 @@ class CaptureNode(Node):
             self._rig = load_rig_calibration(s.rig_calibration)
         self._camera_info: dict[str, CameraCalibration] = {}
         self._stats = {c: CameraStats() for c in s.cameras}
-        self._preparer = FramePreparer(s.options.working_width)
+        self._preparer = FramePreparer()
         self._sync = FrameSynchronizer(s.cameras, tolerance_ns=int(s.sync_tolerance * 1e9),
                                        min_cameras=s.min_cameras,
                                        max_delay_ns=int(s.sync_max_delay * 1e9))
