@@ -11,8 +11,8 @@ pair's pointmaps onto the views' back-projected depth maps.
 * :func:`refine_dense` minimises the confidence-weighted distance between every pair's
   pointmaps (mapped by ``S_e``) and the views' back-projected depths over all pixels (Adam,
   cosine learning-rate decay), as DUSt3R's global aligner does.
-* :func:`threer_ros.geometry.sparse_alignment.refine_sparse` uses only pixel correspondences
-  (MASt3R's descriptor matches) instead, with the camera parametrisation defined here.
+* :func:`threer_ros.geometry.sparse_alignment.sparse_global_alignment` is MASt3R's own
+  alignment on pixel correspondences (its descriptor matches), with its own parametrisation.
 * :func:`calibrated_points` is the calibrated fast path: poses and intrinsics fixed, the
   networks' depths along the calibrated rays, one closed-form scale per pair.
 
@@ -69,17 +69,15 @@ class AlignmentSettings:
     """Optimisation settings (defaults as the upstream demos: 300 steps at lr 0.01).
 
     Attributes:
-        iterations: Adam steps of the dense refinement (and of each sparse stage).
+        iterations: Adam steps of the dense refinement.
         lr: Initial learning rate (cosine decay to ``lr / 100``; the dense alignment's to
             :data:`DENSE_LR_MIN`).
-        grid: Pixel spacing of the sparse refinement's depth-correction grid.
         compile: ``torch.compile`` the losses (forward and backward fused into a few kernels
             per step; each new problem shape compiles once per process, tens of seconds).
     """
 
     iterations: int = 300
     lr: float = 0.01
-    grid: int = 16
     compile: bool = False
 
 
@@ -280,8 +278,8 @@ class CameraState(NamedTuple):
 
 
 class CameraParameters(torch.nn.Module):
-    """Optimisable poses (quaternion, translation), log focal and log depth (a per-pixel map,
-    or the sparse alignment's correction grid) of N views."""
+    """Optimisable poses (quaternion, translation), log focal and per-pixel log depth of N
+    views."""
 
     def __init__(self, init: ViewEstimate, optimise_focal: bool, log_depth: torch.Tensor
                  ) -> None:

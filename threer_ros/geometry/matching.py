@@ -5,6 +5,8 @@ section 3.3): starting from a sparse grid of seed pixels in image 1, alternate n
 look-ups image 1 -> image 2 -> image 1 and keep the seeds that come back to themselves. Every
 such fixed point is a mutual nearest neighbour over the full images, and the cost is
 ``O(seeds * pixels)`` dot products per iteration instead of ``O(pixels^2)``.
+:func:`four_way_matches` is how MASt3R's sparse alignment matches a pair: in both decodings of
+the pair, with seeds in both images.
 
 Similarity is the dot product of descriptors, computed in their dtype on their device. Pixel
 ``(x, y)`` is column ``x``, row ``y``; flat pixel indices are row-major (``y * W + x``).
@@ -148,16 +150,36 @@ def fast_reciprocal_matches(desc1: Tensor, desc2: Tensor, subsample: int = 8,
                                            chunk)[0]
 
 
+def _fixed_points(nn_out: _CachedNeighbours, nn_back: _CachedNeighbours, seeds: Tensor,
+                  pixels: int, other_pixels: int, max_iterations: int) -> Tensor:
+    """``(B * pixels,)`` bool: the pixels of the seeds' side reached as fixed points of
+    ``nn_back(nn_out(.))`` within ``max_iterations`` round trips from the global ``seeds``."""
+    active = seeds
+    converged = torch.zeros(nn_out.table.shape, dtype=torch.bool, device=seeds.device)
+    for _ in range(max_iterations):
+        if not len(active):
+            break
+        pair = active // pixels
+        back = pair * pixels + nn_back(pair * other_pixels + nn_out(active))
+        fixed = back == active
+        converged[active[fixed]] = True
+        active = torch.unique(back[~fixed])
+        active = active[~converged[active]]
+    return converged
+
+
 def fast_reciprocal_matches_batched(desc1: Tensor | Sequence[Tensor],
                                     desc2: Tensor | Sequence[Tensor], subsample: int = 8,
-                                    max_iterations: int = 6, chunk: int = DEFAULT_CHUNK
-                                    ) -> list[ReciprocalMatches]:
+                                    max_iterations: int = 6, chunk: int = DEFAULT_CHUNK,
+                                    both_ways: bool = False) -> list[ReciprocalMatches]:
     """:func:`fast_reciprocal_matches` of many image pairs, run together: the device is
     waited for a few times per iteration, not per pair.
 
     Args:
         desc1, desc2: ``(B, H1, W1, D)`` and ``(B, H2, W2, D)`` descriptors (or sequences of
             B such maps) of the pairs' first and second images.
+        both_ways: Also seed a grid in image 2 (MASt3R's matching of a decoding); both searches
+            share their nearest neighbours, and a match found from both sides counts once.
 
     Returns:
         The matches of each pair, in order.
@@ -180,17 +202,13 @@ def fast_reciprocal_matches_batched(desc1: Tensor | Sequence[Tensor],
     nn12 = _CachedNeighbours(flat1, flat2, chunk)
     nn21 = _CachedNeighbours(flat2, flat1, chunk)
     pair_start = torch.arange(len(desc1), device=device)[:, None]
-    active = (pair_start * p1 + _grid_seeds(h1, w1, subsample, device)).reshape(-1)
-    converged = torch.zeros(len(desc1) * p1, dtype=torch.bool, device=device)
-    for _ in range(max_iterations):
-        if not len(active):
-            break
-        pair = active // p1
-        back = pair * p1 + nn21(pair * p2 + nn12(active))
-        fixed = back == active
-        converged[active[fixed]] = True
-        active = torch.unique(back[~fixed])
-        active = active[~converged[active]]
+    seeds = (pair_start * p1 + _grid_seeds(h1, w1, subsample, device)).reshape(-1)
+    converged = _fixed_points(nn12, nn21, seeds, p1, p2, max_iterations)
+    if both_ways:    # a mutual pair is known by its pixel in image 1
+        h2 = desc2[0].shape[0]
+        seeds = (pair_start * p2 + _grid_seeds(h2, w2, subsample, device)).reshape(-1)
+        found2 = torch.nonzero(_fixed_points(nn21, nn12, seeds, p2, p1, max_iterations))[:, 0]
+        converged[found2 // p2 * p1 + nn21.table[found2]] = True
     found = torch.nonzero(converged)[:, 0]
     per_pair = torch.bincount(found // p1, minlength=len(desc1)).tolist()
     out = []
@@ -201,3 +219,76 @@ def fast_reciprocal_matches_batched(desc1: Tensor | Sequence[Tensor],
                                      similarity=(flat1[k][idx1] * flat2[k][idx2]).sum(dim=1),
                                      comparisons=nn12.comparisons[k] + nn21.comparisons[k]))
     return out
+
+
+@dataclass(frozen=True)
+class Correspondences:
+    """Pixel matches of pair ``e`` between views ``first[e]`` and ``second[e]`` of a pair
+    batch.
+
+    Attributes:
+        pair: ``(M,)`` int64 index of each match's pair.
+        pixel1, pixel2: ``(M,)`` int64 flat pixel indices (row * W + column) in each view.
+        weight: ``(M,)`` non-negative match confidences.
+    """
+
+    pair: Tensor
+    pixel1: Tensor
+    pixel2: Tensor
+    weight: Tensor
+
+
+def four_way_matches(desc_a: Tensor, desc_b: Tensor, desc_b_swapped: Tensor,
+                     desc_a_swapped: Tensor, conf_a: Tensor, conf_b: Tensor,
+                     conf_b_swapped: Tensor, conf_a_swapped: Tensor, subsample: int = 8,
+                     max_iterations: int = 10, chunk: int = DEFAULT_CHUNK) -> Correspondences:
+    """MASt3R's correspondences of B image pairs ``(a, b)`` from both decodings of each pair.
+
+    A pair network decodes a pair twice, ``(a, b)`` and ``(b, a)``, each time with a
+    descriptor map for both images. In each decoding, fast reciprocal matching runs with its
+    seed grid in image a and again with it in image b (four searches per pair); the union of
+    the mutual nearest neighbours found is deduplicated. A match's confidence is the geometric
+    mean of the two descriptor confidences of the decoding that found it (the ``(a, b)``
+    decoding when both did, seeds in a before seeds in b).
+
+    Args:
+        desc_a, desc_b: ``(B, H, W, D)`` descriptors of a and b from the ``(a, b)`` decoding.
+        desc_b_swapped, desc_a_swapped: The same from the ``(b, a)`` decoding.
+        conf_a, conf_b, conf_b_swapped, conf_a_swapped: ``(B, H, W)`` their confidences.
+        subsample: Seed grid stride in pixels (offset ``subsample // 2``).
+        max_iterations: Round trips of each search (the official 10).
+        chunk: Query chunk size of the nearest-neighbour searches.
+
+    Returns:
+        Matches sorted by pair, then pixel in a, then pixel in b; ``pixel1`` in a,
+        ``pixel2`` in b, ``pair`` indexes the batch.
+    """
+    B, H, W, _ = desc_a.shape
+    if desc_b.shape[1:3] != (H, W):
+        raise ValueError(f"four-way matching needs images of one size, got {tuple(desc_a.shape)}"
+                         f" and {tuple(desc_b.shape)}")
+    found = fast_reciprocal_matches_batched(
+        torch.cat([desc_a, desc_a_swapped]), torch.cat([desc_b, desc_b_swapped]), subsample,
+        max_iterations, chunk, both_ways=True)
+    conf_a, conf_b = torch.cat([conf_a, conf_a_swapped]), torch.cat([conf_b, conf_b_swapped])
+    pair, in_a, in_b, weight = [], [], [], []
+    for k, matches in enumerate(found):      # decoding (a, b) first, then (b, a)
+        a = matches.pixels1[:, 1] * W + matches.pixels1[:, 0]
+        b = matches.pixels2[:, 1] * W + matches.pixels2[:, 0]
+        weight.append((conf_a[k].reshape(-1)[a] * conf_b[k].reshape(-1)[b]).float().sqrt())
+        pair.append(torch.full_like(a, k % B))
+        in_a.append(a)
+        in_b.append(b)
+    device = desc_a.device
+    if not pair:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return Correspondences(empty, empty, empty, torch.zeros(0, device=device))
+    pair, in_a, in_b, weight = (torch.cat(x) for x in (pair, in_a, in_b, weight))
+    pixels = H * W
+    keys, inverse = torch.unique((pair * pixels + in_a) * pixels + in_b, return_inverse=True)
+    # the first of the concatenated searches to find each match gives its confidence
+    order = torch.arange(len(inverse), device=device)
+    first = torch.full((len(keys),), len(inverse), dtype=torch.int64, device=device)
+    first = first.scatter_reduce(0, inverse, order, reduce="amin")
+    return Correspondences(keys // (pixels * pixels), keys // pixels % pixels, keys % pixels,
+                           weight[first])

@@ -15,11 +15,13 @@ GRAPH_WARMUP_STEPS = 3
 
 def minimise(groups: list[tuple[list[torch.nn.Parameter], float]],
              loss_fn: Callable[[], torch.Tensor], iterations: int, lr: float,
-             lr_min: float | None = None) -> float:
+             lr_min: float | None = None,
+             after_step: Callable[[], None] | None = None) -> float:
     """``iterations`` Adam steps on ``loss_fn()`` over parameter ``groups`` (parameters,
     learning-rate factor), the rate decaying (cosine) from ``lr * factor`` to
     ``lr_min * factor`` (default ``lr / 100``); returns the final loss. Parameters without
-    ``requires_grad`` stay fixed.
+    ``requires_grad`` stay fixed. ``after_step``, when given, runs (without gradients) after
+    every optimiser step, e.g. to project parameters back onto their manifold.
 
     On a GPU, after a few ordinary steps, one step (loss, backward, fused Adam) is captured
     as a CUDA graph and replayed for the remaining steps: a step's hundreds of small kernels
@@ -52,6 +54,9 @@ def minimise(groups: list[tuple[list[torch.nn.Parameter], float]],
         loss = loss_fn()
         loss.backward()
         optimiser.step()
+        if after_step is not None:
+            with torch.no_grad():
+                after_step()
         return loss
 
     def ordinary_steps(steps: range) -> torch.Tensor:

@@ -10,11 +10,12 @@
    contract works too, pair batch by pair batch). Pow3R receives the calibration as priors:
    rays from each camera's intrinsics and, on the calibrated fast path (or with
    ``pose_priors``), each pair's relative pose.
-3. **Alignment** (:mod:`threer_ros.geometry.global_alignment`): the calibrated fast path
-   (poses fixed, one scale per pair), or spanning-tree initialisation followed by MASt3R's
-   sparse alignment on fast reciprocal descriptor matches (MASt3R) or DUSt3R's dense
-   alignment (Pow3R, or when too few matches survive), then, for a calibrated rig, the
-   Sim(3) into the rig frame with the pose disagreement reported.
+3. **Alignment**: the calibrated fast path (poses fixed, one scale per pair), or MASt3R's
+   sparse alignment as published on its four-way reciprocal descriptor matches
+   (:mod:`threer_ros.geometry.sparse_alignment`; MASt3R), or spanning-tree initialisation
+   followed by DUSt3R's dense alignment (:mod:`threer_ros.geometry.global_alignment`;
+   Pow3R); then, for a calibrated rig, the Sim(3) into the rig frame with the pose
+   disagreement reported.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from torch import nn
 from threer_ros.geometry.global_alignment import (AlignmentSettings, PairPredictions,
                                                   calibrated_points, refine_dense,
                                                   spanning_tree_init, unstretched)
-from threer_ros.geometry.sparse_alignment import Correspondences, refine_sparse
+from threer_ros.geometry.matching import Correspondences, four_way_matches
+from threer_ros.geometry.sparse_alignment import SparseSettings, sparse_global_alignment
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
                                          load_network, prepare_network_images,
                                          update_network_fusion)
@@ -95,13 +97,10 @@ class PairSettings:
     Attributes:
         graph, neighbours, batch: Node parameters ``pair_graph``, ``graph_neighbours``,
             ``pair_batch``.
-        alignment: Node parameters ``alignment_iterations``, ``alignment_lr`` and
-            ``compile_alignment``.
-        match_subsample: Seed grid stride (pixels) of the fast reciprocal matching.
-        match_tolerance: A match is kept when the pair's own pointmaps put its two points
-            within this fraction of the median depth of each other.
-        min_matches: Fewer matches over all pairs than this: dense alignment instead of
-            sparse (``info['matches']`` says how many there were).
+        alignment: Dense alignment (Pow3R): node parameters ``alignment_iterations``,
+            ``alignment_lr`` and ``compile_alignment``.
+        sparse: MASt3R's sparse alignment: its stages run ``alignment_iterations`` steps
+            each at the official learning rates, ``compile_alignment`` compiles its losses.
         pose_priors: Pow3R with ``full`` alignment also gets the calibrated relative poses
             as priors (node parameter ``pose_priors``). Off by default: the network follows a
             pose prior, right or wrong, so the full alignment would then partly hide a camera
@@ -113,9 +112,7 @@ class PairSettings:
     neighbours: int = 4
     batch: int = 16
     alignment: AlignmentSettings = AlignmentSettings()
-    match_subsample: int = 8
-    match_tolerance: float = 0.02
-    min_matches: int = 100
+    sparse: SparseSettings = SparseSettings()
     pose_priors: bool = False
 
     @classmethod
@@ -125,6 +122,9 @@ class PairSettings:
         return cls(options.pair_graph, options.graph_neighbours, options.pair_batch,
                    replace(AlignmentSettings(), iterations=options.alignment_iterations,
                            lr=options.alignment_lr, compile=options.compile_alignment),
+                   replace(SparseSettings(), coarse_iterations=options.alignment_iterations,
+                           fine_iterations=options.alignment_iterations,
+                           compile=options.compile_alignment),
                    pose_priors=options.pose_priors)
 
 
@@ -188,19 +188,17 @@ class PairwiseReconstructor:
             focal, principal = (K[:, 0, 0] + K[:, 1, 1]) / 2, K[:, :2, 2]
             pred = unstretched(pred, K)     # known focal: undo the networks' focal errors
         with torch.enable_grad():
-            init = spanning_tree_init(pred, n, focal, principal)
-            timings["init"] = time.perf_counter() - t0
-            matches = None
             if descriptors is not None:
-                t0 = time.perf_counter()
                 matches = self._match(pred, descriptors)
                 info["matches"] = float(len(matches.pair))
                 timings["matching"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            if matches is not None and len(matches.pair) >= self.pairs.min_matches:
-                views, loss = refine_sparse(pred, matches, init, self.pairs.alignment,
-                                            optimise_focal=not known)
-            else:         # no descriptors, or too few matches: align on the dense pointmaps
+                t0 = time.perf_counter()
+                views, loss = sparse_global_alignment(pred, matches, n, self.pairs.sparse,
+                                                      focal, principal)
+            else:
+                init = spanning_tree_init(pred, n, focal, principal)
+                timings["init"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
                 views, loss = refine_dense(pred, init, self.pairs.alignment,
                                            optimise_focal=not known)
         info["alignment_loss"] = loss
@@ -285,33 +283,19 @@ class PairwiseReconstructor:
             self.pairs.batch, pose)
 
     def _match(self, pred: PairPredictions, descriptors) -> Correspondences:
-        """Fast reciprocal matches of every undirected pair (from its ``i < j`` direction)."""
-        from threer_ros.geometry.matching import fast_reciprocal_matches_batched
-
+        """MASt3R's four-way matches of every pair from both its decodings, indexed by the
+        pair's ``i < j`` decoding."""
         desc1, desc2, conf1, conf2 = descriptors
-        W = pred.points1.shape[2]
-        pairs = [e for e, (i, j) in enumerate(zip(pred.first.tolist(), pred.second.tolist()))
-                 if i < j]
-        found = fast_reciprocal_matches_batched([desc1[e] for e in pairs],
-                                                [desc2[e] for e in pairs],
-                                                subsample=self.pairs.match_subsample)
-        parts = []
-        for e, matches in zip(pairs, found):
-            flat1 = matches.pixels1[:, 1] * W + matches.pixels1[:, 0]
-            flat2 = matches.pixels2[:, 1] * W + matches.pixels2[:, 0]
-            # keep matches whose two points the pair itself puts close together
-            p1 = pred.points1[e].reshape(-1, 3)[flat1]
-            p2 = pred.points2[e].reshape(-1, 3)[flat2]
-            depth = p1[:, 2].abs().median().clamp(min=1e-12)
-            near = (p1 - p2).norm(dim=-1) <= self.pairs.match_tolerance * depth
-            weight = (conf1[e].reshape(-1)[flat1] * conf2[e].reshape(-1)[flat2]).sqrt()
-            parts.append((torch.full_like(flat1, e), flat1, flat2, weight, near))
-        dev = pred.points1.device
-        if not parts:
-            empty = torch.zeros(0, dtype=torch.int64, device=dev)
-            return Correspondences(empty, empty, empty, empty.float())
-        *columns, near = (torch.cat(p).to(dev) for p in zip(*parts))
-        return Correspondences(*(c[near] for c in columns))
+        decoding = {(i, j): e for e, (i, j) in enumerate(zip(pred.first.tolist(),
+                                                              pred.second.tolist()))}
+        forward = [e for (i, j), e in decoding.items() if i < j]
+        backward = [decoding[j, i] for (i, j), e in decoding.items() if i < j]
+        found = four_way_matches(desc1[forward], desc2[forward], desc1[backward],
+                                 desc2[backward], conf1[forward], conf2[forward],
+                                 conf1[backward], conf2[backward],
+                                 subsample=self.pairs.sparse.subsample)
+        pair = torch.tensor(forward, device=found.pair.device)[found.pair]
+        return Correspondences(pair, found.pixel1, found.pixel2, found.weight)
 
 
 class MASt3RReconstructor(PairwiseReconstructor):
