@@ -44,6 +44,12 @@ LATENCY_KEYS = ("end_to_end_latency_s", "node_overhead_s", "gpu_memory_allocated
                 "gpu_memory_reserved_mib")
 
 
+#: The node's pipeline values printed when the measurement fails (what it did with the sets).
+DIAGNOSIS = ("state", "sets_completed", "sets_partial", "sets_dropped_sync", "sets_dropped_busy",
+             "sets_rate_limited", "reconstructions", "reconstruction_failures",
+             "missing_cameras_last_set", "frames_late", "sync_resets")
+
+
 def parse_parameters(items: list[str]) -> dict[str, str]:
     """``NAME:=VALUE`` strings (as after ``ros2 run ... -p``) as a dict.
 
@@ -163,9 +169,11 @@ def run_latency(args: argparse.Namespace) -> int:
                                          timeout=1.0):
             problem = session.exited_early()
             if problem or time.monotonic() > deadline:
+                values = session.pipeline_values()
+                counters = ", ".join(f"{k} {values[k]}" for k in DIAGNOSIS if k in values)
                 print(f"threer-ros latency: {problem or 'timed out'} after "
-                      f"{len(session.probe.recorded.cloud_arrivals)} of {wanted} clouds",
-                      file=sys.stderr)
+                      f"{len(session.probe.recorded.cloud_arrivals)} of {wanted} clouds; the "
+                      f"node's last status: {counters or 'none received'}", file=sys.stderr)
                 return 1
         arrivals = list(session.probe.recorded.cloud_arrivals[args.warmup:wanted])
         # the node's diagnostics come once a second: wait for the one after the last cloud
