@@ -58,6 +58,22 @@ def test_a_failing_callback_is_raised_by_stop(ros_domain_id):
     assert isinstance(failure.value.__cause__, ZeroDivisionError)
 
 
+def test_a_publish_cut_short_by_a_shutdown_is_no_error(ros_domain_id):
+    """Ctrl-C shuts ROS down while a timer publishes (the synthetic rig at 10 Hz): the
+    publish fails, and that is the end the user asked for, not a callback failure."""
+    with SpinningNodes(ros_domain_id) as ros:
+        node = ros.add(Node("test_rig", context=ros.context))
+        publisher = node.create_publisher(String, "chatter", 10)
+
+        def publish_after_shutdown() -> None:
+            ros.context.try_shutdown()            # as rclpy's Ctrl-C handler does
+            publisher.publish(String(data="late"))
+
+        node.create_timer(0.001, publish_after_shutdown)
+        assert not ros.wait(timeout=60)           # spinning ends with the shutdown
+    assert ros.error is None
+
+
 def test_a_node_of_another_context_is_refused(ros_domain_id):
     with SpinningNodes(ros_domain_id) as first, SpinningNodes(ros_domain_id) as second:
         elsewhere = second.add(Node("test_elsewhere", context=second.context))

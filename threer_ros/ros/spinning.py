@@ -91,7 +91,10 @@ class SpinningNodes:
         except ExternalShutdownException:      # Ctrl-C shut the context down
             pass
         except BaseException as exc:  # noqa: BLE001 - reported by stop(), in the caller
-            self.error = exc
+            if self.context.ok():
+                self.error = exc
+            # else Ctrl-C shut ROS down under a running callback, whose publish then failed:
+            # the end the user asked for, not an error
 
     def ok(self) -> bool:
         """True while ROS is up and the thread spins."""
