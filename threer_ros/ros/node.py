@@ -748,8 +748,9 @@ class CaptureNode(LifecycleNode):
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
     def destroy_node(self) -> None:
-        self._worker.stop()
-        self._close_recording()
+        if hasattr(self, "_worker"):      # not when a bad parameter stopped the constructor
+            self._worker.stop()
+            self._close_recording()
         super().destroy_node()
 
 

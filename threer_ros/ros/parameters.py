@@ -34,7 +34,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "worker_index": (0, 255), "trigger_rate": (0.0, 1000.0), "image_bit_depth": (9, 16),
     "working_width": (16, 8192), "network_size": (16, 4096), "graph_neighbours": (1, 64),
     "pair_batch": (1, 4096), "alignment_iterations": (0, 100_000), "alignment_lr": (0.0, 1.0),
-    "confidence_threshold": (0.0, 1e6), "voxel_size": (0.0, 1.0),
+    "confidence_threshold": (-1.0, 1e6), "voxel_size": (0.0, 1.0),
     "outlier_neighbours": (0, 256), "outlier_std_ratio": (0.0, 100.0),
     "max_points": (1, 100_000_000), "service_timeout": (0.1, 3600.0),
 }
