@@ -76,15 +76,24 @@ def _floats(path: Path, camera: str, key: str, value, length: int) -> np.ndarray
     return arr
 
 
+def read_yaml(path: Path, what: str) -> object:
+    """The YAML document in ``path`` (a ``what``, named in the error).
+
+    Raises:
+        CalibrationError: the file cannot be read, or is not YAML.
+    """
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise CalibrationError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CalibrationError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_rig_calibration(path: str | Path) -> RigCalibration:
     """Read a rig calibration YAML file (format in the module docstring)."""
     path = Path(path).expanduser()
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read rig calibration: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"{path}: not valid YAML: {exc}") from None
+    doc = read_yaml(path, "rig calibration")
     if not isinstance(doc, dict) or not isinstance(doc.get("cameras"), dict):
         raise CalibrationError(f"{path}: expected a mapping with a 'cameras' mapping")
     poses: dict[str, np.ndarray] = {}

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from threer_ros.data.calibration import CalibrationError, RigCalibration
+from threer_ros.data.calibration import CalibrationError, RigCalibration, read_yaml
 from threer_ros.data.calibration_formats.common import (SourceRig, checked_calibration,
                                                         export_distortion, ordered_intrinsics,
                                                         rotation_from)
@@ -78,12 +78,7 @@ def read_kalibr(paths: Sequence[Path]) -> SourceRig:
         raise CalibrationError(f"a Kalibr calibration is one camchain YAML file, got "
                                f"{len(paths)} files")
     path = Path(paths[0])
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"{path}: not valid YAML: {exc}") from None
+    doc = read_yaml(path, "Kalibr camchain")
     if not isinstance(doc, dict):
         raise CalibrationError(f"{path}: expected a mapping cam0, cam1, ... (a Kalibr camchain)")
     indices = sorted(int(m.group(1)) for m in map(_CAMERA_KEY.match, map(str, doc)) if m)
