@@ -182,6 +182,10 @@ class CaptureNode(LifecycleNode):
         self._reconstructor = None
         self._comparison: Comparison | None = None
         self._recording: Recording | None = None
+        #: Why the last configure could not read the rig calibration ("" when it could). A
+        #: node that configures itself (``autostart``) stops on it, as on a bad parameter; a
+        #: managed one stays unconfigured (missing weights never stop it: /diagnostics says).
+        self.calibration_error = ""
 
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                               history=HistoryPolicy.KEEP_LAST)
@@ -221,8 +225,10 @@ class CaptureNode(LifecycleNode):
                 if s.rig_calibration and not self._poses_from_tf else None
         except (ValueError, OSError) as exc:
             self._backend_error = f"rig calibration {s.rig_calibration!r} unusable: {exc}"
+            self.calibration_error = self._backend_error
             self.get_logger().error(self._backend_error)
             return TransitionCallbackReturn.FAILURE
+        self.calibration_error = ""
         try:
             options = replace(s.options, device=resolve_device(s.options.device))
             built = {name: make_reconstructor(name, options) for name in s.backends}
@@ -761,9 +767,11 @@ def main(args: list[str] | None = None) -> int:
     executor = MultiThreadedExecutor(num_threads=2)   # services wait beside the inputs
     try:
         node = CaptureNode()
-        if node.settings.autostart and \
-                node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            node.trigger_activate()
+        if node.settings.autostart:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            elif node.calibration_error:    # a mistyped file, like a bad parameter: stop
+                raise ValueError(node.calibration_error)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
