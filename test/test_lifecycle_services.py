@@ -87,10 +87,13 @@ class Session:
                          SetParameters.Request(parameters=[parameter])).results[0]
 
     def reconstructed_set(self, stamp_ns: int) -> None:
-        """Publish the set at ``stamp_ns`` until a new reconstruction is reported."""
-        done = self.graph.reconstructions()
+        """Publish the set at ``stamp_ns`` until a new cloud with that stamp arrives (the
+        diagnostics counter may lag behind earlier service calls, so it cannot tell)."""
+        def clouds(r) -> int:
+            return sum(stamp == stamp_ns for stamp, _ in r.cloud_arrivals)
+        before = clouds(self.probe.recorded)
         assert self.graph.publish_until(lambda: self.driver.publish_set(stamp_ns),
-                                        lambda r: self.graph.reconstructions() > done)
+                                        lambda r: clouds(r) > before)
 
 
 def _subscribed(driver, expected: bool) -> bool:

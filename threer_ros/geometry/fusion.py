@@ -110,6 +110,8 @@ def stratified_subset(count: int, budget: int, seed: int) -> np.ndarray:
     """
     if not 0 <= budget < count:
         raise ValueError(f"a subset of {budget} of {count} points: need 0 <= budget < count")
+    if budget == 0:
+        return np.empty(0, dtype=np.int64)
     bounds = np.arange(budget + 1, dtype=np.int64) * count // budget     # stratum edges
     widths = np.diff(bounds)                                              # >= 1 each
     draws = np.random.default_rng(seed).random(budget)
