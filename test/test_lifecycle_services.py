@@ -87,10 +87,11 @@ class Session:
                          SetParameters.Request(parameters=[parameter])).results[0]
 
     def reconstructed_set(self, stamp_ns: int) -> None:
-        """Publish the set at ``stamp_ns`` until a new cloud with that stamp arrives (the
-        diagnostics counter may lag behind earlier service calls, so it cannot tell)."""
+        """Publish the set at ``stamp_ns`` until a new cloud of that set arrives (the
+        diagnostics counter may lag behind earlier service calls, so it cannot tell). A set's
+        stamp is its newest frame's, up to 0.4 ms after ``stamp_ns`` (``publish_set``)."""
         def clouds(r) -> int:
-            return sum(stamp == stamp_ns for stamp, _ in r.cloud_arrivals)
+            return sum(abs(stamp - stamp_ns) < 5_000_000 for stamp, _ in r.cloud_arrivals)
         before = clouds(self.probe.recorded)
         assert self.graph.publish_until(lambda: self.driver.publish_set(stamp_ns),
                                         lambda r: clouds(r) > before)
