@@ -1,10 +1,12 @@
-"""The managed capture node over DDS: lifecycle transitions, its services, live parameters and
-camera frames from image headers / a URDF-like TF chain. The node runs in its own process
-(test_node.py's helpers); every request goes over DDS from this process."""
+"""The managed capture node over DDS: lifecycle transitions, the warm-up at configure, its
+services, live parameters and camera frames from image headers / a URDF-like TF chain. The node
+runs in its own process (test_node.py's helpers); every request goes over DDS from this
+process."""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from std_srvs.srv import Trigger  # noqa: E402
 from threer_ros_interfaces.srv import ReconstructAt, SaveCloud, StartSession  # noqa: E402
 
 from conftest import ros_domain  # noqa: E402
-from ros_graph import CAMERAS, NODE, WAIT, Graph, capture_graph  # noqa: E402
+from ros_graph import (CAMERAS, NODE, WAIT, Graph, capture_graph, stamp_ns,  # noqa: E402
+                       status_values)
 from threer_ros.data.calibration import save_rig_calibration  # noqa: E402
 from threer_ros.data.ply import read_ply  # noqa: E402
 from threer_ros.data.rosbag import BagReader  # noqa: E402
@@ -280,7 +283,10 @@ def test_camera_frames_from_image_headers_through_a_urdf_chain(rig):
 
 
 def test_without_autostart_the_node_waits_for_configure_and_activate(rig):
-    params = {"rig_calibration": "''", "autostart": "false"}        # YAML ''
+    """Also: without a calibration file no image size is known at configure, so the warm-up
+    asked for is skipped, with the reason."""
+    params = {"rig_calibration": "''", "autostart": "false",        # YAML ''
+              "warmup_on_configure": "always"}
     with capture_graph(rig, ros_domain("test_lifecycle_services:own graph"), params) as graph:
         s = Session(graph)
         assert s.state() == State.PRIMARY_STATE_UNCONFIGURED
@@ -288,6 +294,8 @@ def test_without_autostart_the_node_waits_for_configure_and_activate(rig):
         assert status.level != DiagnosticStatus.OK and "unconfigured" in status.message
         assert s.transition(Transition.TRANSITION_CONFIGURE)
         assert s.state() == State.PRIMARY_STATE_INACTIVE
+        assert graph.probe.wait_for(lambda r: graph.pipeline()["warmup"].startswith(
+            f"skipped: no image size known for {', '.join(CAMERAS)}"), WAIT)
         assert s.transition(Transition.TRANSITION_ACTIVATE)
         assert _subscribed(graph.driver, True)
         assert s.transition(Transition.TRANSITION_DEACTIVATE)
@@ -296,3 +304,60 @@ def test_without_autostart_the_node_waits_for_configure_and_activate(rig):
             transition=Transition(label="shutdown"))).success
         assert s.state() == State.PRIMARY_STATE_FINALIZED
         assert graph.node.poll() is None      # finalized, still answering until stopped
+
+
+def test_configure_warms_the_backend_up_on_the_rigs_shapes_and_publishes_nothing(
+        rig, calibration_file):
+    """``warmup_on_configure: always`` with the rig file's intrinsics: configure reconstructs a
+    synthetic set of the live shapes and answers when it is done; no cloud, pose or frame goes
+    out and no reconstruction is counted (the first live set is the first one)."""
+    params = {"rig_calibration": str(calibration_file), "autostart": "false",
+              "warmup_on_configure": "always"}
+    with capture_graph(rig, ros_domain("test_lifecycle_services:own graph"), params) as graph:
+        s, probe, name = Session(graph), graph.probe, pipeline_status_name(NODE)
+
+        def pipeline_after(time_ns: int) -> list[dict[str, str]]:
+            return [status_values(st) for a in probe.recorded.diagnostics
+                    if stamp_ns(a.header.stamp) > time_ns for st in a.status if st.name == name]
+
+        asked_ns = time.time_ns()
+        assert s.transition(Transition.TRANSITION_CONFIGURE)
+        answered_ns = time.time_ns()
+        assert probe.wait_for(lambda r: pipeline_after(answered_ns), WAIT)
+        assert any(v.get("warmup") == "running" for v in pipeline_after(asked_ns))
+        values = pipeline_after(answered_ns)[0]       # configure waited for the warm-up
+        height, width = rig.views[0].image.shape[:2]
+        assert values["warmup"] == "done", values
+        assert values["warmup_set"] == f"{len(CAMERAS)} x {width}x{height}"
+        assert float(values["warmup_s"]) > 0 and values["state"] == "inactive"
+        assert values["reconstructions"] == "0" and values["points_published"] == "0"
+        recorded = probe.recorded
+        assert not (recorded.clouds or recorded.poses or recorded.tf or recorded.tf_static)
+
+        assert s.transition(Transition.TRANSITION_ACTIVATE) and _subscribed(graph.driver, True)
+        s.reconstructed_set(90_000_000_000)
+        assert all(abs(stamp - 90_000_000_000) < 5_000_000
+                   for stamp, _ in probe.recorded.cloud_arrivals)     # the live set's only
+        assert probe.wait_for(lambda r: graph.reconstructions() == len(r.cloud_arrivals), WAIT)
+
+
+def test_a_failing_warm_up_is_reported_and_the_node_still_configures(rig, calibration_file):
+    """Two cameras are too few for mvs: the warm-up fails, and says why in /diagnostics; the
+    backend itself loaded, so configure succeeds (the live sets meet the same error)."""
+    params = {"rig_calibration": str(calibration_file), "autostart": "false",
+              "warmup_on_configure": "always", "cameras": f"[{CAMERAS[0]},{CAMERAS[1]}]",
+              "min_cameras": "2"}
+    with capture_graph(rig, ros_domain("test_lifecycle_services:own graph"), params) as graph:
+        s = Session(graph)
+        assert s.transition(Transition.TRANSITION_CONFIGURE)
+        assert s.state() == State.PRIMARY_STATE_INACTIVE
+        assert graph.probe.wait_for(lambda r: graph.pipeline()["warmup"].startswith(
+            "failed: ValueError: mvs needs at least"), WAIT), graph.pipeline()
+        assert "warmup_s" in graph.pipeline() and graph.pipeline()["warmup_set"] == (
+            f"2 x {rig.views[0].image.shape[1]}x{rig.views[0].image.shape[0]}")
+        assert s.transition(Transition.TRANSITION_ACTIVATE)      # until a set says otherwise
+        name = pipeline_status_name(NODE)
+        assert graph.probe.wait_for(lambda r: graph.probe.latest_status(name).message.startswith(
+            "warm-up failed: ValueError"), WAIT)
+        assert graph.probe.latest_status(name).level == DiagnosticStatus.WARN
+        assert graph.node.poll() is None

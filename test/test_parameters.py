@@ -92,3 +92,9 @@ def test_an_unusable_value_at_start_up_is_a_clear_error(override):
     with _node(sync_tolerance=override) as node, pytest.raises(ValueError,
                                                                 match="sync_tolerance"):
         declare(node)
+
+
+def test_an_unknown_warm_up_mode_is_a_clear_error():
+    with _node(warmup_on_configure="sometimes") as node, pytest.raises(
+            ValueError, match="'warmup_on_configure' is 'sometimes': use auto, always, never"):
+        declare(node)

@@ -4,10 +4,12 @@ A thin adapter (DESIGN.md): messages -> :class:`Frame` -> synchroniser -> a back
 thread -> :class:`Reconstruction` -> messages. All settings are ROS parameters whose defaults
 and descriptions come from ``config/capture.yaml`` (see :mod:`threer_ros.ros.parameters`).
 
-A managed (lifecycle) node: configure loads the calibration and the backend (network weights),
-activate subscribes to the cameras, deactivate unsubscribes and lets the GPU idle, cleanup and
-shutdown release the backend. With ``autostart: true`` (default) it configures and activates
-itself at start-up, as a plain node.
+A managed (lifecycle) node: configure loads the calibration and the backend (network weights)
+and, as ``warmup_on_configure`` says, warms the backend up on a synthetic set of the rig's
+cameras and image sizes (compiling and GPU start-up done before the first live set; nothing
+published, not counted), activate subscribes to the cameras, deactivate unsubscribes and
+lets the GPU idle, cleanup and shutdown release the backend. With ``autostart: true``
+(default) it configures and activates itself at start-up, as a plain node.
 
 Topics (names from the parameters):
 
@@ -64,11 +66,14 @@ except ImportError as exc:   # the one interface package of our own: built, not 
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
 from threer_ros.data.ply import write_ply
 from threer_ros.geometry.fusion import stratified_subset
-from threer_ros.pipeline.backends import (device_memory_mib, make_reconstructor,
+from threer_ros.pipeline.backends import (BackendOptions, device_memory_mib, make_reconstructor,
                                          release_device_memory, resolve_device)
 from threer_ros.pipeline.compare import Comparison, CompareReconstructor
 from threer_ros.pipeline.frames import FramePreparer
-from threer_ros.pipeline.types import CameraCalibration, Frame, FrameSet, Reconstruction
+from threer_ros.pipeline.types import (CameraCalibration, Frame, FrameSet, Reconstruction,
+                                       Reconstructor)
+from threer_ros.pipeline.warmup import (Warmup, WarmupGeometryError, warm_up,
+                                        warmup_frame_set, warmup_wanted)
 from threer_ros.ros import parameters
 from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration, cloud_from_msg,
                                     cloud_to_msg, image_from_msg, pose_array_msg, transform_msgs)
@@ -180,6 +185,8 @@ class CaptureNode(LifecycleNode):
         self._backend_error = ""
         self._device = s.options.device
         self._reconstructor = None
+        self._warmup: Warmup | None = None      # the last configure's warm-up, if one ran
+        self._warmup_note = ""                  # else why none ran
         self._comparison: Comparison | None = None
         self._recording: Recording | None = None
         #: Why the last configure could not read the rig calibration ("" when it could). A
@@ -217,8 +224,10 @@ class CaptureNode(LifecycleNode):
 
     # --- lifecycle ------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Load the rig calibration and build the backend (network weights); FAILURE (the
-        node stays unconfigured, the reason in the log and /diagnostics) when either fails."""
+        """Load the rig calibration, build the backend (network weights) and warm it up
+        (:meth:`_warm_up`; the transition answers when it is done); FAILURE (the node stays
+        unconfigured, the reason in the log and /diagnostics) when the calibration or the
+        backend cannot be loaded. A failing warm-up is reported and the node configures."""
         s = self.settings
         try:
             rig = load_rig_calibration(s.rig_calibration) \
@@ -238,13 +247,69 @@ class CaptureNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         with self._lock:
             self._rig, self._device, self._backend_error = rig, options.device, ""
-            self._reconstructor = built[s.backend] if len(built) == 1 \
-                else CompareReconstructor(built)
+        reconstructor = built[s.backend] if len(built) == 1 else CompareReconstructor(built)
+        self._warm_up(reconstructor, options)
+        with self._lock:
+            self._reconstructor = reconstructor
         self._state = "inactive"
         self.get_logger().info(
             f"configured: backend {s.backend!r} on {options.device}, {len(s.cameras)} cameras "
-            f"into frame {s.output_frame!r}; calibration: {s.rig_calibration or 'CameraInfo only'}")
+            f"into frame {s.output_frame!r}; calibration: {s.rig_calibration or 'CameraInfo only'}"
+            f"; warm-up: {self._warmup_values()['warmup']}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _warm_up(self, reconstructor: Reconstructor, options: BackendOptions) -> None:
+        """Reconstruct a synthetic set of the rig's cameras and image sizes once, as
+        ``warmup_on_configure`` asks (:mod:`threer_ros.pipeline.warmup`), so that the first live
+        set finds the network compiled and the GPU started; its result is thrown away (nothing
+        published, no reconstruction counted). Logs the time it took, or why there was none,
+        and keeps it for /diagnostics."""
+        s, log = self.settings, self.get_logger()
+        self._warmup = None
+        if not warmup_wanted(s.warmup_on_configure, options):
+            self._warmup_note = "off" if s.warmup_on_configure == "never" \
+                else "not needed (auto: eager on the CPU)"
+            return
+        frames = self._warmup_frames()
+        if frames is None:
+            return
+        self._warmup_note = "running"
+        self._diag_pub.publish(self.diagnostics())      # the timer waits for configure
+        height, width = frames.frames[0].image.shape[:2]
+        log.info(f"warming up {reconstructor.name} on a synthetic set of {len(frames.frames)} "
+                 f"x {width}x{height} images")
+        self._warmup = warm_up(reconstructor, frames)
+        if self._warmup.error:
+            log.error(f"warm-up failed after {self._warmup.seconds:.2f} s: "
+                      f"{self._warmup.error}; the live sets will show whether it recurs")
+        else:
+            log.info(f"warm-up of {self._warmup.shape} done in {self._warmup.seconds:.2f} s ("
+                     + ", ".join(f"{k} {v * 1e3:.0f} ms"
+                                 for k, v in self._warmup.timings_s.items()) + ")")
+
+    def _warmup_frames(self) -> FrameSet | None:
+        """The warm-up set of the cameras' current calibration (rig calibration file,
+        CameraInfo, TF), or None, with the reason logged and kept, when their image sizes are
+        not known yet."""
+        cameras = self.settings.cameras
+        try:
+            return warmup_frame_set(cameras, {c: self._calibration(c) for c in cameras},
+                                    self._preparer)
+        except WarmupGeometryError as exc:
+            self._warmup_note = f"skipped: {exc}"
+            self.get_logger().warning(f"no warm-up at configure: {exc}; the first set compiles "
+                                      "the network and starts the GPU (it comes late)")
+            return None
+
+    def _warmup_values(self) -> dict[str, str]:
+        """The last warm-up in /diagnostics: ``warmup`` (done, failed: why, skipped: why,
+        off, running or "" before the first configure), ``warmup_s`` and ``warmup_set``
+        (cameras x width x height)."""
+        done = self._warmup
+        if done is None:
+            return {"warmup": self._warmup_note}
+        return {"warmup": f"failed: {done.error}" if done.error else "done",
+                "warmup_s": f"{done.seconds:.3f}", "warmup_set": done.shape}
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to every camera."""
@@ -290,6 +355,7 @@ class CaptureNode(LifecycleNode):
         with self._lock:
             self._reconstructor, self._rig, self._last_recon = None, None, None
             self._sets.clear()
+        self._warmup, self._warmup_note = None, ""
         self._camera_info.clear()
         release_device_memory()
 
@@ -690,6 +756,8 @@ class CaptureNode(LifecycleNode):
             return DiagnosticStatus.WARN, f"{self._state} (ros2 lifecycle set to change)"
         if work.failed and recon is None:
             return DiagnosticStatus.ERROR, "every reconstruction failed so far"
+        if recon is None and self._warmup is not None and self._warmup.error:
+            return DiagnosticStatus.WARN, f"warm-up failed: {self._warmup.error}"
         if recon is None:
             return DiagnosticStatus.WARN, "waiting for images: no set reconstructed yet"
         if self._last_missing:
@@ -724,6 +792,7 @@ class CaptureNode(LifecycleNode):
             "end_to_end_latency_s": f"{latency:.4f}",
             "node_overhead_s": f"{overhead:.4f}",
             "recording": recording.directory if recording is not None else "",
+            **self._warmup_values(),
         }
         if recon is not None:
             values.update({f"stage_{k}_s": f"{v:.4f}" for k, v in recon.timings_s.items()})

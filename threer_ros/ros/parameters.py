@@ -21,6 +21,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from threer_ros.config import parameter_descriptions, read_parameters
 from threer_ros.pipeline.backends import BackendOptions, options_from_parameters
 from threer_ros.pipeline.sharing import SetSharing
+from threer_ros.pipeline.warmup import WARMUP_MODES
 
 #: Parameters that take effect while the node runs; all others are read-only.
 LIVE = frozenset({"max_rate", "sync_tolerance", "sync_max_delay", "min_cameras",
@@ -49,6 +50,7 @@ class NodeSettings:
     """The node's parameters (documented in ``config/capture.yaml``)."""
 
     autostart: bool
+    warmup_on_configure: str
     cameras: tuple[str, ...]
     image_topic: str
     camera_info_topic: str
@@ -95,6 +97,9 @@ class NodeSettings:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the parameter when a value is unusable."""
+        if self.warmup_on_configure not in WARMUP_MODES:
+            raise ValueError(f"parameter 'warmup_on_configure' is {self.warmup_on_configure!r}: "
+                             f"use {', '.join(WARMUP_MODES)}")
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"parameter 'cameras' must list distinct names, got {self.cameras}")
         if self.image_transport not in ("raw", "compressed"):
