@@ -216,6 +216,21 @@ def test_mast3r_full_alignment_recovers_poses_and_focals(rig) -> None:
     assert recon.info["matches"] > 500 and not recon.poses_from_calibration
 
 
+@pytest.mark.xfail(strict=True, reason="issue 15 not met: the alignment keeps the network's "
+                   "focal errors and poses stay 1-2 degrees off (docs/backends.md, What limits "
+                   "MASt3R's full alignment)")
+def test_mast3r_full_alignment_meets_the_targets_on_realistic_answers(rig) -> None:
+    """Issue 15's target: all realistic errors (focal errors of about 3 %, 7.7 % for the poor
+    view), no calibration: poses within 1 degree and 1 % of the rig's size, focal lengths
+    within 2 %."""
+    recon = _reconstruct(rig, False, realistic(0))
+    rotation, centre = _pose_errors(recon, rig)
+    true_K = prepare_network_images(rig.frame_set(7), SIZE, "cpu").intrinsics
+    focal_error = np.abs(recon.intrinsics[:, 0, 0] / true_K[:, 0, 0] - 1).max()
+    assert rotation < 1.0 and centre < 0.01 and focal_error < 0.02, (rotation, centre,
+                                                                      focal_error)
+
+
 def test_mast3r_full_alignment_on_realistic_answers_with_the_rigs_intrinsics(rig) -> None:
     """All realistic errors (pipeline/realistic.py: focal errors of about 3 %, confident
     garbage, silhouettes, a poor view with 60 % wrong descriptors, 20 % elsewhere) with the
