@@ -10,11 +10,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from threer_ros.data.synthetic import SyntheticRig
 from threer_ros.pipeline.backends import BackendOptions
 from threer_ros.pipeline.network import prepare_network_images
-from threer_ros.pipeline.realistic import realistic
+from threer_ros.pipeline.realistic import position_descriptors, realistic
 from threer_ros.pipeline.types import FrameSet
 from threer_ros.quality import oracle_backend, score
 
@@ -42,8 +43,12 @@ def _quality(rig, truth, backend: str, alignment: str, focal_error: float):
                  alignment)
 
 
-SPARSE = pytest.mark.xfail(reason="MASt3R's full alignment: the published sparse alignment "
-                                  "replaces this one (issue 15 item 6)", strict=False)
+#: Measured at 96 px (rig seed 1): the 5 % rule itself holds (known intrinsics undo the focal
+#: error: 8.99 against 9.02 mm median, 53.2 against 53.0 % complete), but even with exact
+#: focal lengths the sparse alignment's poses are 1.7 degrees / 19 mm off, so the cloud misses
+#: the floor of 3 mm and 90 % (docs/backends.md, What limits MASt3R's full alignment).
+SPARSE = pytest.mark.xfail(reason="MASt3R's sparse alignment: poses 1-2 degrees off on "
+                                  "realistic answers (issue 15)", strict=True)
 
 
 @pytest.mark.parametrize("backend, alignment", [
@@ -95,3 +100,25 @@ def test_pow3r_full_alignment_sees_a_moved_camera(rig, still, move):
     key, size = ("pose_centre_max_m", move["shift_m"]) if "shift_m" in move \
         else ("pose_rotation_max_deg", move["turn_deg"])
     assert moved[key] > max(3 * still[key], 0.4 * size), (still, moved)
+
+
+def test_position_descriptors_match_the_nearest_position() -> None:
+    """MASt3R's descriptors in the oracle: unit vectors whose largest dot product (in float32,
+    as the network outputs them) picks the nearest encoded position (at least 95 % of the
+    time, a neighbour of it otherwise), on the head (1 mm apart) and on the backdrop 2.5 m
+    away (1 cm apart)."""
+    generator = torch.Generator().manual_seed(0)
+    for radius, spacing in ((0.15, 0.001), (2.5, 0.01)):
+        direction = torch.randn(1, 3, generator=generator, dtype=torch.float64)
+        grid = torch.stack(torch.meshgrid(*[torch.arange(-10, 11, dtype=torch.float64)] * 3,
+                                          indexing="ij"), -1).reshape(-1, 3)
+        points = radius * direction / direction.norm() + spacing * grid
+        queries = points[::97] + 0.3 * spacing * torch.randn(len(points[::97]), 3,
+                                                             generator=generator,
+                                                             dtype=torch.float64)
+        described = position_descriptors(points).float()
+        torch.testing.assert_close(described.norm(dim=-1), torch.ones(len(points)))
+        found = (position_descriptors(queries).float() @ described.T).argmax(1)
+        nearest = torch.cdist(queries, points).argmin(1)
+        assert (found == nearest).double().mean() >= 0.95
+        assert (points[found] - points[nearest]).norm(dim=-1).max() < 2 * spacing

@@ -33,19 +33,10 @@ ACCURATE = Perturbation(noise=0.002, outliers=0.002, depth_warp=0.002, descripto
 FAST = SparseSettings(coarse_iterations=100, fine_iterations=100)
 
 
-class MatchableOracle(OraclePairNetwork):
-    """The ground-truth pair network with descriptors whose nearest neighbour is the nearest
-    described surface point: the position (in half metres) mapped onto the unit sphere of R^4
-    by inverse stereographic projection (the oracle's own random Fourier features make every
-    backdrop match wrong)."""
-
-    def __init__(self, frames: FrameSet, perturbation: Perturbation) -> None:
-        super().__init__(frames, SIZE, unit=0.41, perturbation=perturbation, descriptors=True)
-
-    def _descriptor(self, name: str) -> torch.Tensor:
-        x = self.described[name] / 0.5
-        squared = (x * x).sum(-1, keepdim=True)
-        return torch.cat([2 * x, 1 - squared], -1) / (1 + squared)
+def _network(frames: FrameSet, perturbation: Perturbation) -> OraclePairNetwork:
+    """The ground-truth pair network with MASt3R's descriptors."""
+    return OraclePairNetwork(frames, SIZE, unit=0.41, perturbation=perturbation,
+                             descriptors=True)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +53,7 @@ def _reconstruct(rig: SyntheticRig, calibrated: bool, perturbation: Perturbation
     frames = rig.frame_set(7)
     settings = NetworkSettings(image_size=SIZE, alignment="full", use_calibration=calibrated,
                                fusion=FusionSettings(HEAD_CONFIDENCE - 2, 0.002))
-    network = MatchableOracle(frames, perturbation)
+    network = _network(frames, perturbation)
     reconstructor = MASt3RReconstructor(network, settings, PairSettings(
         graph="knn", neighbours=3))
     return reconstructor.reconstruct(frames if calibrated else _uncalibrated(frames))
@@ -178,7 +169,7 @@ def test_pairs_without_matches_are_held_by_the_fallback(rig) -> None:
     """A view whose pairs have no usable matches is placed by its pairs' own pointmaps at
     weight 0.01 (close to its true pose); without the fallback term it is lost."""
     frames = rig.frame_set(7)
-    network = MatchableOracle(frames, Perturbation())
+    network = _network(frames, Perturbation())
     reconstructor = MASt3RReconstructor(network, NetworkSettings(image_size=SIZE),
                                         PairSettings(graph="knn", neighbours=3))
     images = prepare_network_images(frames, SIZE, "cpu")
@@ -225,14 +216,30 @@ def test_mast3r_full_alignment_recovers_poses_and_focals(rig) -> None:
     assert recon.info["matches"] > 500 and not recon.poses_from_calibration
 
 
+@pytest.mark.xfail(strict=True, reason="issue 15 not met: the alignment keeps the network's "
+                   "focal errors and poses stay 1-2 degrees off (docs/backends.md, What limits "
+                   "MASt3R's full alignment)")
+def test_mast3r_full_alignment_meets_the_targets_on_realistic_answers(rig) -> None:
+    """Issue 15's target: all realistic errors (focal errors of about 3 %, 7.7 % for the poor
+    view), no calibration: poses within 1 degree and 1 % of the rig's size, focal lengths
+    within 2 %."""
+    recon = _reconstruct(rig, False, realistic(0))
+    rotation, centre = _pose_errors(recon, rig)
+    true_K = prepare_network_images(rig.frame_set(7), SIZE, "cpu").intrinsics
+    focal_error = np.abs(recon.intrinsics[:, 0, 0] / true_K[:, 0, 0] - 1).max()
+    assert rotation < 1.0 and centre < 0.01 and focal_error < 0.02, (rotation, centre,
+                                                                      focal_error)
+
+
 def test_mast3r_full_alignment_on_realistic_answers_with_the_rigs_intrinsics(rig) -> None:
     """All realistic errors (pipeline/realistic.py: focal errors of about 3 %, confident
-    garbage, silhouettes, a poor view, 20 % wrong descriptors) with the calibrated intrinsics:
-    the calibration check's residuals. At this tiny size (96 px) 1.8 degrees and 0.9 %; at
-    128 px within 1 degree and 1 % (docs/backends.md)."""
+    garbage, silhouettes, a poor view with 60 % wrong descriptors, 20 % elsewhere) with the
+    calibrated intrinsics: the calibration check's residuals. At this tiny size (96 px) 2.5
+    degrees and 1.5 %; at 128 px 1.1 degrees and 0.55 % (docs/backends.md); issue 15's target
+    is 1 degree and 1 %."""
     recon = _reconstruct(rig, True, realistic(0))
     rotation, centre = _pose_errors(recon, rig)
-    assert rotation < 2.5 and centre < 0.015, (rotation, centre)
+    assert rotation < 3.0 and centre < 0.02, (rotation, centre)
     assert abs(recon.info["rig_scale"] - 0.41) < 0.02
 
 
@@ -243,7 +250,7 @@ def test_compiled_sparse_alignment_finds_the_same_cameras(rig) -> None:
     short = replace(FAST, coarse_iterations=30, fine_iterations=30)
 
     def run(compile_losses: bool):
-        network = MatchableOracle(rig.frame_set(7), ACCURATE)
+        network = _network(rig.frame_set(7), ACCURATE)
         return MASt3RReconstructor(network, NetworkSettings(image_size=SIZE, alignment="full",
                                                             use_calibration=False),
                                    PairSettings(graph="knn", neighbours=2, sparse=replace(

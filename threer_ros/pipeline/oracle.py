@@ -23,7 +23,8 @@ from torch import nn
 
 from threer_ros.data.synthetic import intersect_head
 from threer_ros.pipeline.network import prepare_network_images
-from threer_ros.pipeline.realistic import Perturbation, stretch, view_answer
+from threer_ros.pipeline.realistic import (Perturbation, position_descriptors, stretch,
+                                           view_answer)
 from threer_ros.pipeline.types import FrameSet
 
 BACKDROP_RADIUS = 2.5
@@ -115,8 +116,9 @@ class OracleFast3R(_Oracle):
 
 class OraclePairNetwork(_Oracle):
     """``model(view1, view2) -> (res1, res2)`` of the DUSt3R family from ground truth; with
-    ``descriptors``, MASt3R's ``desc`` (unit vectors that encode a rig-frame position, so
-    nearest descriptors are nearest surface points) and ``desc_conf``. Pow3R's priors
+    ``descriptors``, MASt3R's ``desc`` (the
+    :func:`~threer_ros.pipeline.realistic.position_descriptors` of the positions the perturbed
+    answer describes) and ``desc_conf``. Pow3R's priors
     (``known_rays``, ``known_pose``) are followed as far as the perturbation's
     ``prior_weight`` says."""
 
@@ -124,20 +126,13 @@ class OraclePairNetwork(_Oracle):
                  perturbation: Perturbation = Perturbation(), descriptors: bool = False,
                  descriptor_dim: int = 24, device: str = "cpu") -> None:
         super().__init__(frames, image_size, unit, perturbation, device)
-        generator = torch.Generator().manual_seed(perturbation.seed)
-        # random Fourier features of the position: ~1 cm wavelength so nearby points differ
-        self.frequencies = (torch.randn(3, descriptor_dim // 2, generator=generator,
-                                        dtype=torch.float64) * 60.0).to(device) \
+        self.descriptors = {name: position_descriptors(described, descriptor_dim)
+                            for name, described in self.described.items()} \
             if descriptors else None
 
     def pair_scale(self, first: str, second: str) -> float:
         """The pair's own unit factor, in [0.8, 1.25), deterministic in the pair."""
         return 0.8 + 0.45 * (zlib.crc32(f"{first}>{second}".encode()) % 1000) / 1000
-
-    def _descriptor(self, name: str) -> torch.Tensor:
-        phase = self.described[name] @ self.frequencies
-        desc = torch.cat([phase.cos(), phase.sin()], -1)
-        return desc / desc.norm(dim=-1, keepdim=True)
 
     def _second_view(self, first: str, second: str, prior: torch.Tensor | None
                      ) -> torch.Tensor:
@@ -176,8 +171,8 @@ class OraclePairNetwork(_Oracle):
             for res, key, points, name in parts:
                 res.setdefault(key, []).append(self._out(points))
                 res.setdefault("conf", []).append(self._out(self.conf[name]))
-                if self.frequencies is not None:
-                    res.setdefault("desc", []).append(self._out(self._descriptor(name)))
+                if self.descriptors is not None:
+                    res.setdefault("desc", []).append(self._out(self.descriptors[name]))
                     res.setdefault("desc_conf", []).append(self._out(self.conf[name]))
         return ({k: torch.cat(v) for k, v in res1.items()},
                 {k: torch.cat(v) for k, v in res2.items()})

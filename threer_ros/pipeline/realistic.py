@@ -22,9 +22,11 @@ Real networks are wrong in structured ways, and the pipelines must cope with eac
 * **priors (Pow3R)**: given the calibrated intrinsics as rays, the network's focal error
   shrinks; given a relative pose, it follows it partly, right or wrong (so a bumped camera is
   partly hidden by the prior).
-* **descriptors (MASt3R)**: they encode the true surface position with jitter, and a fraction
-  encode a random other pixel's position, so that reciprocal matching finds wrong matches at a
-  realistic rate.
+* **descriptors (MASt3R)**: :func:`position_descriptors` encodes a rig-frame position smoothly
+  and injectively (so that reciprocal matching finds the right pixel); each pixel's descriptor
+  encodes its true surface position with jitter, and a seeded fraction encode a random other
+  pixel's position, so that matching finds wrong matches at a realistic rate, more of them in
+  the poor view.
 
 Per-pair units (the scale of each pair's answer) are the oracle's own
 (:meth:`threer_ros.pipeline.oracle.OraclePairNetwork.pair_scale`). Every random draw comes from
@@ -67,8 +69,10 @@ class Perturbation:
         prior_weight: How far Pow3R follows its priors: known rays scale the focal error by
             ``1 - prior_weight``; a known relative pose moves the pair's second view that far
             from the true relative pose towards the prior.
-        descriptor_noise: Jitter (metres) of the position descriptors encode.
-        descriptor_outliers: Fraction of pixels whose descriptor encodes a random other pixel.
+        descriptor_noise: Jitter (metres) of the position descriptors encode (the poor
+            view's: ``poor_factor`` times larger).
+        descriptor_outliers: Fraction of pixels whose descriptor encodes a random other pixel's
+            position (the poor view's: ``poor_factor`` times larger, at most 1).
     """
 
     noise: float = 0.0
@@ -94,6 +98,11 @@ REALISTIC = Perturbation(noise=0.002, outliers=0.002, depth_warp=0.002, focal_er
                          focal_spread=0.01, silhouette_px=2, silhouette_bias=0.02,
                          garbage=0.15, poor_view=5, poor_factor=3.0, prior_weight=0.7,
                          descriptor_noise=0.001, descriptor_outliers=0.2)
+
+
+#: Length (metres) of the descriptors' encoding (:func:`position_descriptors`): positions within
+#: about this distance of the rig origin are the best resolved.
+DESCRIPTOR_SCALE = 0.5
 
 
 def realistic(seed: int = 0, **changes) -> Perturbation:
@@ -192,13 +201,42 @@ def view_answer(points: torch.Tensor, head: torch.Tensor, confidence: torch.Tens
     if poor > 1:
         conf = 1 + (conf - 1) / poor
     focal_factor = 1 + p.focal_error + poor * p.focal_spread * float(rng.standard_normal())
-    described = points + p.descriptor_noise * torch.from_numpy(rng.standard_normal((H, W, 3)))
-    if p.descriptor_outliers > 0:
-        swap = torch.from_numpy(rng.random((H, W)) < p.descriptor_outliers)
-        other = torch.from_numpy(rng.integers(0, H * W, (H, W)))
-        described = torch.where(swap[..., None], points.reshape(-1, 3)[other], described)
     return ViewAnswer(centre + offset * factor[..., None], conf.float(), focal_factor,
-                      described)
+                      _described(points, poor, rng, p))
+
+
+def _described(points: torch.Tensor, poor: float, rng: np.random.Generator, p: Perturbation
+               ) -> torch.Tensor:
+    """``(H, W, 3)`` rig-frame positions (metres) a view's descriptors encode: its true
+    ``points`` ``(H, W, 3)`` with jitter, and for a fraction of pixels a random other pixel's
+    true position (``poor`` scales the jitter and the fraction)."""
+    H, W, _ = points.shape
+    described = points + poor * p.descriptor_noise * torch.from_numpy(
+        rng.standard_normal((H, W, 3)))
+    swap = torch.from_numpy(rng.random((H, W)) < min(1.0, poor * p.descriptor_outliers))
+    other = torch.from_numpy(rng.integers(0, H * W, (H, W)))
+    return torch.where(swap[..., None], points.reshape(-1, 3)[other], described)
+
+
+def position_descriptors(positions: torch.Tensor, dim: int = 24,
+                         scale: float = DESCRIPTOR_SCALE) -> torch.Tensor:
+    """``(..., dim)`` unit descriptors of rig-frame ``positions`` ``(..., 3)`` (metres).
+
+    ``positions / scale`` mapped onto the unit sphere of R^4 by inverse stereographic
+    projection (smooth and injective over all of space; conformal, so the descriptor with the
+    largest dot product is locally that of the nearest position), then into R^dim by a fixed
+    orthonormal map (dot products unchanged; ``dim >= 4``). Float64; in a network's float32
+    output, a centimetre on the backdrop (2.5 m from the origin) still changes a dot product
+    by about 1e-6, twenty times its resolution there.
+    """
+    if dim < 4:
+        raise ValueError(f"position descriptors need at least 4 dimensions, got {dim}")
+    x = positions.double() / scale
+    squared = (x * x).sum(-1, keepdim=True)
+    sphere = torch.cat([2 * x, 1 - squared], -1) / (1 + squared)
+    basis, _ = torch.linalg.qr(torch.randn(dim, 4, dtype=torch.float64,
+                                           generator=torch.Generator().manual_seed(0)))
+    return sphere @ basis.T.to(sphere.device)
 
 
 def stretch(points_cam: torch.Tensor, focal_factor: float | torch.Tensor) -> torch.Tensor:
