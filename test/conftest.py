@@ -52,6 +52,7 @@ DOMAIN_SLOTS = {
     # module's may take the slot of another module (here test_node's, whose graphs are gone).
     "test_lifecycle_services:own graph": 1,
     "test_workers": 2,              # test_replay's slot (see above)
+    "test_await_future": 9,         # test_spinning's slot
 }
 
 

@@ -42,6 +42,8 @@ def test_latency_is_measured_over_the_requested_reconstructions(
     assert stream["clouds"] == len(result["cloud_arrivals_ns"]) == 2
     assert 0 < stream["latency_p50_s"] <= stream["latency_p99_s"] <= stream["latency_max_s"]
     assert "sets/s" in table and "p99" in table
+    # how the sets came: complete, partial, dropped (the node's own counters)
+    assert "sets_completed" in result["node_counters"] and "sets_dropped_sync" in table
 
 
 def test_stream_report_counts_triggers_drops_and_latency_percentiles():

@@ -76,3 +76,22 @@ def test_named_variants_render_and_base_is_the_default_scene():
     default = SyntheticRig.render(seed=5, width=32, count=2)
     base = SyntheticRig.render(seed=5, width=32, count=2, scene="base")
     assert all(np.array_equal(a.image, b.image) for a, b in zip(default.views, base.views))
+
+
+def test_a_saved_rig_loads_as_it_was_rendered(tmp_path):
+    scene = Scene(wall=0.3, offset=(0.02, 0.0, 0.0), dark_cameras=(1,))
+    rig = SyntheticRig.render(seed=4, width=32, count=3, scene=scene)
+    path = tmp_path / "rig.npz"
+    rig.save(path)
+    loaded = SyntheticRig.load(path)
+    assert (loaded.seed, loaded.scene) == (4, scene)
+    for a, b in zip(rig.views, loaded.views, strict=True):
+        assert a.name == b.name
+        for x, y in ((a.image, b.image), (a.depth, b.depth), (a.subject, b.subject),
+                     (a.calibration.K, b.calibration.K),
+                     (a.calibration.cam_to_rig, b.calibration.cam_to_rig)):
+            np.testing.assert_array_equal(x, y)
+        assert (b.calibration.width, b.calibration.height) == (32, a.image.shape[0])
+    (tmp_path / "other.npz").write_bytes(b"not a rig")
+    with pytest.raises(ValueError, match="not a synthetic rig.*render it again"):
+        SyntheticRig.load(tmp_path / "other.npz")

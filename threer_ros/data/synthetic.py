@@ -19,7 +19,9 @@ Rendering is exact ray casting of the ellipsoids (no iterations), vectorised in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -286,6 +288,50 @@ class SyntheticRig:
             points = points[np.random.default_rng(self.seed).choice(len(points), max_points,
                                                                     replace=False)]
         return points
+
+    def save(self, path: Path) -> None:
+        """Write the rendered rig (every view's image, depth, subject mask and calibration,
+        the seed and the scene) to ``path`` (``.npz``), for :meth:`load` in another process
+        instead of rendering again (seconds to minutes for large images)."""
+        arrays: dict[str, np.ndarray] = {
+            "names": np.array([v.name for v in self.views]),
+            "meta": np.array(json.dumps({"seed": self.seed, "scene": asdict(self.scene)}))}
+        for i, v in enumerate(self.views):
+            c = v.calibration
+            arrays.update({f"image_{i}": v.image, f"depth_{i}": v.depth,
+                           f"K_{i}": np.asarray(c.K, np.float64),
+                           f"size_{i}": np.array([c.width, c.height]),
+                           f"cam_to_rig_{i}": np.asarray(c.cam_to_rig, np.float64)})
+            if v.subject is not None:
+                arrays[f"subject_{i}"] = v.subject
+        with open(path, "wb") as f:         # as given: np.savez would append ".npz"
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "SyntheticRig":
+        """The rig :meth:`save` wrote to ``path``.
+
+        Raises:
+            ValueError: ``path`` is not a saved synthetic rig (the message says why).
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                views = []
+                for i, name in enumerate(data["names"].tolist()):
+                    width, height = (int(x) for x in data[f"size_{i}"])
+                    calibration = CameraCalibration(data[f"K_{i}"], width, height,
+                                                    cam_to_rig=data[f"cam_to_rig_{i}"])
+                    subject = data[f"subject_{i}"] if f"subject_{i}" in data else None
+                    views.append(SyntheticView(name, data[f"image_{i}"], data[f"depth_{i}"],
+                                               calibration, subject))
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"{path} is not a synthetic rig written by SyntheticRig.save "
+                             f"({type(exc).__name__}: {exc}); render it again") from exc
+        scene = meta["scene"]
+        scene = Scene(**{**scene, "offset": tuple(scene["offset"]),
+                         "dark_cameras": tuple(scene["dark_cameras"])})
+        return cls(tuple(views), int(meta["seed"]), scene)
 
     def frame_set(self, stamp_ns: int = 0) -> FrameSet:
         """The views as a calibrated :class:`FrameSet` taken at ``stamp_ns``."""

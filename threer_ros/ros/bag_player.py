@@ -33,11 +33,12 @@ from threer_ros.data.rosbag import (TF_STATIC, BagError, BagInfo, BagMessage, Ba
 #: The camera types: images and CameraInfo.
 SENSOR_TYPES = frozenset({"sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage",
                           "sensor_msgs/msg/CameraInfo"})
-#: QoS offered for camera topics: reliable, keep last 1, volatile, so that best-effort
+#: QoS offered for camera topics: reliable, keep last 5, volatile, so that best-effort
 #: subscribers (camera-driver style) and reliable ones (the capture node's
-#: ``image_reliability: reliable``, which loses no image of a burst) both match, and a slow
-#: subscriber gets each camera's newest image rather than a backlog.
-CAMERA_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+#: ``image_reliability: reliable``, which loses no image of a burst) both match; five images
+#: a camera, as the node keeps, so that a reader that falls behind for a moment loses none
+#: (the writer's history is what a reliable reader catches up from).
+CAMERA_QOS = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
                         durability=DurabilityPolicy.VOLATILE,
                         reliability=ReliabilityPolicy.RELIABLE)
 

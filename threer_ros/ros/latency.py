@@ -36,7 +36,7 @@ from threer_ros.bench import environment
 from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.ros.node import PIPELINE_STATUS
-from threer_ros.ros.session import synthetic_session
+from threer_ros.ros.session import SyntheticSession, synthetic_session
 
 #: The pipeline status values reported (besides the backend's ``stage_*_s``): seconds, and
 #: the device memory in MiB where the backend runs on a GPU.
@@ -145,6 +145,13 @@ def _print_table(summary: dict[str, dict[str, float]]) -> None:
                                          ("median", "min", "max")) + f"   {row['n']}")
 
 
+def _counters(session: SyntheticSession) -> str:
+    """The node's set and frame counters (:data:`DIAGNOSIS`) from its newest status: how many
+    sets came complete, partial, were dropped, and why."""
+    values = session.pipeline_values()
+    return ", ".join(f"{k} {values[k]}" for k in DIAGNOSIS if k in values)
+
+
 def run_latency(args: argparse.Namespace) -> int:
     try:
         parameters = parse_parameters(args.param)
@@ -169,16 +176,16 @@ def run_latency(args: argparse.Namespace) -> int:
                                          timeout=1.0):
             problem = session.exited_early()
             if problem or time.monotonic() > deadline:
-                values = session.pipeline_values()
-                counters = ", ".join(f"{k} {values[k]}" for k in DIAGNOSIS if k in values)
                 print(f"threer-ros latency: {problem or 'timed out'} after "
                       f"{len(session.probe.recorded.cloud_arrivals)} of {wanted} clouds; the "
-                      f"node's last status: {counters or 'none received'}", file=sys.stderr)
+                      f"node's last status: {_counters(session) or 'none received'}",
+                      file=sys.stderr)
                 return 1
         arrivals = list(session.probe.recorded.cloud_arrivals[args.warmup:wanted])
         # the node's diagnostics come once a second: wait for the one after the last cloud
         session.probe.wait_for(lambda r: log.update(r.diagnostics) >= 0
                                and max(log.by_count, default=0) >= wanted, timeout=3.0)
+        counters = _counters(session)
     stream = stream_report(arrivals, args.rate)
     samples = log.samples()
     warmup = [s for c, s in zip(sorted(log.by_count), samples) if c <= args.warmup]
@@ -188,12 +195,14 @@ def run_latency(args: argparse.Namespace) -> int:
           f"{stream['fraction_reconstructed']:.0%} of {stream['sets_triggered']} triggered sets; "
           f"trigger-to-cloud latency p50 {stream['latency_p50_s'] * 1e3:.1f} ms, "
           f"p99 {stream['latency_p99_s'] * 1e3:.1f} ms, max {stream['latency_max_s'] * 1e3:.1f} ms")
+    print(f"the node's sets so far: {counters}")
     print(f"the node's diagnostics (sampled at 1 Hz: {len(measured)} of the measured sets):")
     _print_table(summary)
     if args.json:
         report = {"environment": environment(), "command": " ".join(sys.argv),
                   "parameters": parameters, "width": args.width, "rate_hz": args.rate,
                   "compressed": args.compressed, "workers": args.workers, "stream": stream,
+                  "node_counters": counters,
                   "cloud_arrivals_ns": arrivals, "summary_s": summary, "samples_s": measured,
                   "warmup_samples_s": warmup}
         args.json.parent.mkdir(parents=True, exist_ok=True)

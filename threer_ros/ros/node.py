@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -75,6 +75,7 @@ from threer_ros.pipeline.types import (CameraCalibration, Frame, FrameSet, Recon
 from threer_ros.pipeline.warmup import (Warmup, WarmupGeometryError, warm_up,
                                         warmup_frame_set, warmup_wanted)
 from threer_ros.ros import parameters
+from threer_ros.ros.await_future import wait_for_future
 from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration, cloud_from_msg,
                                     cloud_to_msg, image_from_msg, pose_array_msg, transform_msgs)
 from threer_ros.ros.recording import Recording
@@ -210,7 +211,10 @@ class CaptureNode(LifecycleNode):
         self._tf = TfListener(self)
         self._worker: LatestSetWorker = LatestSetWorker(
             self._reconstruct, self._publish, self._report_failure, max_rate=s.max_rate)
-        services = MutuallyExclusiveCallbackGroup()   # may wait for the worker: own thread
+        # The services wait for the worker as suspended tasks (await_future): in a group of
+        # their own, so that the images (default group) and the wake-up keep being served.
+        services = MutuallyExclusiveCallbackGroup()
+        self._wake = self.create_guard_condition(lambda: None)
         for srv_type, name, handler in (
                 (Trigger, "~/reconstruct_now", self._srv_reconstruct_now),
                 (ReconstructAt, "~/reconstruct_at", self._srv_reconstruct_at),
@@ -490,11 +494,11 @@ class CaptureNode(LifecycleNode):
         return tuple(f for f, size in zip(frames, sizes) if size == majority)
 
     # --- services (own callback group: they wait for the worker, never for the executor) --
-    def _reconstruct_on_request(self, frame_set: FrameSet | None, not_found: str
-                                ) -> tuple[bool, str, int]:
+    async def _reconstruct_on_request(self, frame_set: FrameSet | None, not_found: str
+                                      ) -> tuple[bool, str, int]:
         """Have the worker reconstruct and publish ``frame_set`` next; (success, message,
-        points published), waiting at most ``service_timeout``; ``not_found`` is the answer
-        when there is no set."""
+        points published), waiting at most ``service_timeout`` while the executor goes on
+        receiving images; ``not_found`` is the answer when there is no set."""
         with self._lock:
             configured = self._reconstructor is not None
         if not configured:
@@ -504,27 +508,27 @@ class CaptureNode(LifecycleNode):
         future: Future[int] = Future()
         self._worker.submit((frame_set, time.monotonic(), future), requested=True)
         timeout = self.settings.service_timeout
-        try:
-            points = future.result(timeout=timeout)
-        except FutureTimeout:
+        if not await wait_for_future(future, self._wake, timeout):
             return False, (f"the set at {frame_set.stamp_ns} ns is still being reconstructed "
                            f"after {timeout:g} s; its cloud is published when done"), 0
+        try:
+            points = future.result()
         except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
             return False, f"reconstruction of the set at {frame_set.stamp_ns} ns failed: " \
                           f"{type(exc).__name__}: {exc}", 0
         return True, (f"published {points} points from {len(frame_set.frames)} cameras, set "
                       f"at {frame_set.stamp_ns} ns"), points
 
-    def _srv_reconstruct_now(self, request: Trigger.Request, response: Trigger.Response
-                             ) -> Trigger.Response:
+    async def _srv_reconstruct_now(self, request: Trigger.Request, response: Trigger.Response
+                                   ) -> Trigger.Response:
         with self._lock:
             newest = self._sets[-1] if self._sets else None
-        response.success, response.message, _ = self._reconstruct_on_request(
+        response.success, response.message, _ = await self._reconstruct_on_request(
             newest, "no complete set received yet")
         return response
 
-    def _srv_reconstruct_at(self, request: ReconstructAt.Request,
-                            response: ReconstructAt.Response) -> ReconstructAt.Response:
+    async def _srv_reconstruct_at(self, request: ReconstructAt.Request,
+                                  response: ReconstructAt.Response) -> ReconstructAt.Response:
         wanted = _stamp_ns(request.stamp)
         tolerance = int(self.settings.sync_tolerance * 1e9)
         with self._lock:
@@ -532,7 +536,7 @@ class CaptureNode(LifecycleNode):
             match = min(self._sets, key=lambda f: abs(f.stamp_ns - wanted), default=None)
         if match is not None and abs(match.stamp_ns - wanted) > tolerance:
             match = None
-        response.success, response.message, response.points = self._reconstruct_on_request(
+        response.success, response.message, response.points = await self._reconstruct_on_request(
             match, f"no buffered set within {tolerance} ns of {wanted} ns; buffered stamps: "
                    f"{stamps or 'none'}")
         return response
@@ -833,7 +837,9 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of ``capture_node`` / ``ros2 run threer_ros capture_node``."""
     rclpy.init(args=args)
     node = None
-    executor = MultiThreadedExecutor(num_threads=2)   # services wait beside the inputs
+    # One thread: rclpy's MultiThreadedExecutor costs the image callbacks (measured in
+    # docs/benchmarks.md); services that wait for the worker suspend instead of blocking.
+    executor = SingleThreadedExecutor()
     try:
         node = CaptureNode()
         if node.settings.autostart:

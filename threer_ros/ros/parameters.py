@@ -129,10 +129,14 @@ class NodeSettings:
         return template.replace("{camera}", camera)
 
     def camera_qos(self) -> QoSProfile:
-        """QoS of the image and CameraInfo subscriptions: best effort, keep last 5 (sensor
-        data), or with ``image_reliability: reliable`` reliable, keep last 1 (each camera's
-        newest image, no backlog when the node falls behind); volatile."""
-        return QoSProfile(depth=1 if self.image_reliability == "reliable" else 5,
+        """QoS of the image and CameraInfo subscriptions: best effort (sensor data) or, with
+        ``image_reliability: reliable``, reliable; keep last 5, volatile.
+
+        Five images a camera ride out a burst in which the executor falls behind: with one,
+        each camera independently lost the image the next one overwrote, so that most sets
+        came out partial (docs/benchmarks.md, "Image queue depth"); a node that is slower
+        than the rig drops whole sets in the worker instead."""
+        return QoSProfile(depth=5,
                           history=HistoryPolicy.KEEP_LAST,
                           durability=DurabilityPolicy.VOLATILE,
                           reliability=ReliabilityPolicy.RELIABLE

@@ -5,7 +5,7 @@ recorded timing: message i goes out ``(t_i - t_first) / rate`` seconds after the
 t is the log time (the header stamp in bags made by ``threer-ros bag``). QoS per topic:
 ``/tf_static`` (and any topic recorded as transient-local) reliable and transient-local, so a
 node that starts later still gets the rig calibration; Image, CompressedImage and CameraInfo
-reliable, keep last 1 (:data:`~threer_ros.ros.bag_player.CAMERA_QOS`), which serves
+reliable, keep last 5 (:data:`~threer_ros.ros.bag_player.CAMERA_QOS`), which serves
 best-effort and reliable subscribers alike; everything else reliable. Header stamps
 are kept, or with ``--restamp`` shifted so that each pass starts at the current ROS time (the
 cameras of one set keep one stamp). ``--start``/``--end`` select a window (seconds from the
@@ -109,8 +109,15 @@ def _run_synthetic(args: argparse.Namespace) -> int:
     from threer_ros.data.synthetic import SyntheticRig  # torch: only for the synthetic rig
 
     params = read_parameters(args.config)
-    rig = SyntheticRig.render(seed=args.seed, width=args.width or params["working_width"],
-                              names=params["cameras"])
+    if args.rendered is not None:
+        try:
+            rig = SyntheticRig.load(args.rendered)
+        except ValueError as exc:
+            print(f"threer-ros replay: {exc}", file=sys.stderr)
+            return 2
+    else:
+        rig = SyntheticRig.render(seed=args.seed, width=args.width or params["working_width"],
+                                  names=params["cameras"])
     if args.write_calibration:
         save_rig_calibration(args.write_calibration, params["output_frame"],
                              {v.name: v.calibration for v in rig.views})
@@ -196,6 +203,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--seed", type=int, default=0, help="scene and jitter seed")
     synthetic.add_argument("--compressed", action="store_true",
                            help="publish JPEG CompressedImage")
+    synthetic.add_argument("--rendered", type=Path, default=None, metavar="NPZ",
+                           help="publish a rig rendered before (SyntheticRig.save: its "
+                                "cameras, images and calibration) instead of rendering; "
+                                "--width and --seed's scene then come from the file")
     synthetic.add_argument("--write-calibration", type=Path, default=None, metavar="YAML",
                            help="also write the rig calibration file the node needs "
                                 "(rig_calibration)")

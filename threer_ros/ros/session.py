@@ -86,7 +86,7 @@ def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
     the capture node, and spin a probe on the node's outputs; stop all three on exit.
 
     Args:
-        out: Folder for the rig's calibration file (created).
+        out: Folder for the rig's calibration file and its rendered images (created).
         width: Image width of the rig's cameras (pixels).
         rate_hz: Trigger rate of the rig.
         seed: Scene seed (the rig publisher renders the same scene).
@@ -96,6 +96,8 @@ def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
     out.mkdir(parents=True, exist_ok=True)
     defaults = read_parameters()
     rig = SyntheticRig.render(seed=seed, width=width, names=defaults["cameras"])
+    rendered = out / "synthetic_rig.npz"        # the rig process publishes these images
+    rig.save(rendered)
     calibration = out / "synthetic_rig.yaml"
     save_rig_calibration(calibration, defaults["output_frame"],
                          {v.name: v.calibration for v in rig.views})
@@ -112,7 +114,7 @@ def synthetic_session(out: Path, width: int, rate_hz: float, seed: int,
                                                                      workers, rate_hz)]))
             replay = subprocess.Popen(
                 [sys.executable, "-m", "threer_ros.cli", "replay", "--synthetic", "--rate",
-                 str(rate_hz), "--width", str(width), "--seed", str(seed)]
+                 str(rate_hz), "--rendered", str(rendered), "--seed", str(seed)]
                 + (["--compressed"] if compressed else []))
             children.append(replay)
             yield SyntheticSession(rig, probe, replay, children[:-1])
