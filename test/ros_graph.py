@@ -74,12 +74,13 @@ class RigDriver(Node):
 
     def messages(self, camera: str, stamp_ns: int, fields: dict | None = None
                  ) -> tuple[Image | CompressedImage, CameraInfo]:
-        """One camera's image (raw: ``fields`` override the image's own) and CameraInfo,
-        stamped ``stamp_ns``, in the camera's optical frame."""
+        """One camera's image (``fields`` override the image's own) and CameraInfo, stamped
+        ``stamp_ns``, in the camera's optical frame."""
         view = next(v for v in self.rig.views if v.name == camera)
         if self.compressed:
-            image = CompressedImage(format="rgb8; jpeg compressed bgr8",
-                                    data=encode_compressed(view.image, "jpeg"))
+            image = CompressedImage(**(fields or {
+                "format": "rgb8; jpeg compressed bgr8",
+                "data": encode_compressed(view.image, "jpeg")}))
         else:
             image = Image(**(fields or image_to_msg_fields(view.image, "rgb8")))
         image.header.frame_id = self.frame_format.format(camera=camera)

@@ -81,6 +81,24 @@ def test_renamed_topics_frame_compressed_images_budget_and_threshold(graph):
     assert graph.node.poll() is None
 
 
+def test_a_corrupt_jpeg_is_rejected_on_its_camera_and_the_next_set_still_comes(graph, rig):
+    from threer_ros.ros.convert import encode_compressed
+
+    camera = CAMERAS[2]
+    view = next(v for v in rig.views if v.name == camera)
+    jpeg = bytes(encode_compressed(view.image, "jpeg"))
+    corrupt = {"format": "rgb8; jpeg compressed bgr8", "data": jpeg[: len(jpeg) // 3]}
+    rejected = int(graph.camera_status(camera)["rejected"])
+    assert graph.publish_until(
+        lambda: graph.driver.publish_image(camera, 20_000_000_000, corrupt),
+        lambda r: int(graph.camera_status(camera)["rejected"]) > rejected)
+    assert "decode" in graph.camera_status(camera)["last_rejection"].lower()
+    stamp = 30_000_000_000
+    assert graph.publish_until(lambda: graph.driver.publish_set(stamp),
+                               lambda r: _cloud_at(graph, stamp))
+    assert graph.node.poll() is None
+
+
 # --- bags as `ros2 bag record` writes them ---------------------------------------------------
 #: Offered QoS of a camera driver's topics (sensor data) and of /rosout, as recorded.
 SENSOR_QOS = qos(reliable=False, depth=5)

@@ -76,6 +76,7 @@ from threer_ros.pipeline.warmup import (Warmup, WarmupGeometryError, warm_up,
                                         warmup_frame_set, warmup_wanted)
 from threer_ros.ros import parameters
 from threer_ros.ros.await_future import wait_for_future
+from threer_ros.ros.camera_queues import CameraQueues
 from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration, cloud_from_msg,
                                     cloud_to_msg, image_from_msg, pose_array_msg, transform_msgs)
 from threer_ros.ros.recording import Recording
@@ -209,6 +210,11 @@ class CaptureNode(LifecycleNode):
         self._comparison_pub = self.create_publisher(String, "comparison", reliable) \
             if self._compare_pubs else None
         self._tf = TfListener(self)
+        #: Compressed images are decoded on one thread per camera (camera_queues.py), keeping
+        #: as many waiting as the image QoS does; the synchroniser is fed under this lock.
+        self._decoders = CameraQueues(depth=s.camera_qos().depth,
+                                      on_error=self._decoding_failed)
+        self._intake_lock = threading.Lock()
         self._worker: LatestSetWorker = LatestSetWorker(
             self._reconstruct, self._publish, self._report_failure, max_rate=s.max_rate)
         # The services wait for the worker as suspended tasks (await_future): in a group of
@@ -348,9 +354,11 @@ class CaptureNode(LifecycleNode):
         for subscription in self._camera_subscriptions:
             self.destroy_subscription(subscription)
         self._camera_subscriptions.clear()
+        self._decoders.wait_idle(self.settings.service_timeout)
         self._worker.discard_pending()
         self._worker.wait_idle(self.settings.service_timeout)
-        self._sync.reset()
+        with self._intake_lock:
+            self._sync.reset()
         release_device_memory()
 
     def _release(self) -> None:
@@ -381,9 +389,10 @@ class CaptureNode(LifecycleNode):
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.settings = settings
-        self._sync.tolerance_ns = int(settings.sync_tolerance * 1e9)
-        self._sync.max_delay_ns = int(settings.sync_max_delay * 1e9)
-        self._sync.min_cameras = settings.min_cameras
+        with self._intake_lock:
+            self._sync.tolerance_ns = int(settings.sync_tolerance * 1e9)
+            self._sync.max_delay_ns = int(settings.sync_max_delay * 1e9)
+            self._sync.min_cameras = settings.min_cameras
         self._worker.set_max_rate(settings.max_rate)
         with self._lock:
             reconstructor = self._reconstructor
@@ -456,14 +465,28 @@ class CaptureNode(LifecycleNode):
         self._stats[camera].arrived(now)
         self._frame_ids[camera] = msg.header.frame_id
         stamp_ns = _stamp_ns(msg.header.stamp)
+        if isinstance(msg, CompressedImage):    # milliseconds of decoding: the camera's thread
+            self._decoders.submit(camera, lambda: self._take(camera, msg, stamp_ns, now))
+        else:
+            self._take(camera, msg, stamp_ns, now)
+
+    def _take(self, camera: str, msg: Image | CompressedImage, stamp_ns: int,
+              arrival: float) -> None:
+        """Decode and prepare one image and give it to the synchroniser (on the executor
+        thread, or on the camera's decoding thread for compressed images)."""
         try:
             rgb = image_from_msg(msg, self.settings.image_bit_depth)
             frame = self._preparer.prepare(camera, rgb, stamp_ns, self._calibration(camera))
         except (ImageDecodeError, ValueError) as exc:
             self._reject(camera, type(exc).__name__, str(exc))
             return
-        for synced in self._sync.add(camera, stamp_ns, frame):
-            self._submit(synced, now)
+        with self._intake_lock:
+            for synced in self._sync.add(camera, stamp_ns, frame):
+                self._submit(synced, arrival)
+
+    def _decoding_failed(self, camera: str, exc: BaseException) -> None:
+        """An unexpected error on a camera's decoding thread: counted as a rejected image."""
+        self._reject(camera, type(exc).__name__, f"decoding failed: {type(exc).__name__}: {exc}")
 
     def _submit(self, synced, arrival: float) -> None:
         frames = tuple(synced.items[c] for c in self.settings.cameras if c in synced.items)
@@ -815,6 +838,7 @@ class CaptureNode(LifecycleNode):
             array.status.append(self._status(
                 camera_status_name(node, camera), level, msg, camera,
                 {"rate_hz": f"{rate:.2f}", "received": st.received, "rejected": st.rejected,
+                 "dropped_decoding_behind": self._decoders.dropped(camera),
                  "last_rejection": st.last_error, "frame_id": self._frame_id(camera),
                  "has_camera_info": camera in self._camera_info,
                  "has_extrinsics": self._extrinsics(camera) is not None}))
@@ -828,6 +852,7 @@ class CaptureNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         if hasattr(self, "_worker"):      # not when a bad parameter stopped the constructor
+            self._decoders.close(timeout_s=10.0)
             self._worker.stop()
             self._close_recording()
         super().destroy_node()
