@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from threer_ros.geometry.fusion import FusionSettings, fuse_points, view_confidence_mask
-from threer_ros.geometry.registration import align_to_reference
+from threer_ros.geometry.registration import Similarity, align_to_reference
 from threer_ros.models.preprocess import network_intrinsics, prepare_images_torch
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
@@ -189,6 +189,24 @@ def update_network_fusion(self, options) -> None:
     self.settings = replace(self.settings, fusion=options.fusion_settings(self.name))
 
 
+def calibration_check(cam_to_world: np.ndarray, cam_to_rig: np.ndarray
+                      ) -> tuple[Similarity, dict[str, float]]:
+    """The calibration check of a full alignment: the Sim(3) taking the estimated camera
+    centres onto the calibrated ones (network frame and unit -> rig frame, metres) and what
+    ``info`` reports of it (the cameras' remaining disagreement, ``pose_*`` in degrees and
+    metres, and ``rig_scale``, metres per network unit).
+
+    Args:
+        cam_to_world: ``(N, 4, 4)`` estimated camera-to-world poses.
+        cam_to_rig: ``(N, 4, 4)`` calibrated camera-to-rig poses.
+    """
+    if len(cam_to_world) < 3:
+        raise ValueError("bringing an estimate into the rig frame needs at least 3 cameras; "
+                         "use alignment fast for 2 cameras")
+    to_rig, disagreement = align_to_reference(np.asarray(cam_to_world), cam_to_rig)
+    return to_rig, dict(disagreement.summary(), rig_scale=to_rig.scale)
+
+
 def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tensor,
              cam_to_world: np.ndarray, intrinsics: np.ndarray, stamp_ns: int,
              settings: NetworkSettings, timings: dict[str, float], from_calibration: bool,
@@ -212,13 +230,10 @@ def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tens
     pts = points.double().reshape(-1, 3)
     poses = cam_to_world
     if not from_calibration and settings.use_calibration and images.cam_to_rig is not None:
-        if len(poses) < 3:
-            raise ValueError("bringing an estimate into the rig frame needs at least 3 cameras; "
-                             "use alignment fast for 2 cameras")
-        to_rig, disagreement = align_to_reference(poses, images.cam_to_rig)
+        to_rig, check = calibration_check(poses, images.cam_to_rig)
         pts = to_rig.apply(pts)
         poses, from_calibration = images.cam_to_rig, True
-        info.update(disagreement.summary(), rig_scale=to_rig.scale)
+        info.update(check)
     elif not from_calibration:        # the first camera's frame, as documented: pin it
         to_first = np.linalg.inv(np.asarray(poses[0], dtype=np.float64))
         pts = pts @ torch.as_tensor(to_first[:3, :3].T, device=pts.device) \
