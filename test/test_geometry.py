@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import pytest
@@ -12,8 +14,9 @@ from scipy.spatial.transform import Rotation
 from threer_ros.data.calibration import (CalibrationError, load_rig_calibration,
                                          save_rig_calibration)
 from threer_ros.data.ply import read_ply, write_ply
-from threer_ros.geometry.fusion import (accuracy_completeness, remove_statistical_outliers,
-                                        stratified_subset, voxel_downsample)
+from threer_ros.geometry.fusion import (FusionSettings, accuracy_completeness, fuse_points,
+                                        remove_statistical_outliers, stratified_subset,
+                                        voxel_downsample)
 from threer_ros.geometry.transforms import (invert_pose, look_at, make_pose,
                                             matrix_to_quaternion, quaternion_to_matrix,
                                             transform_points)
@@ -169,3 +172,23 @@ def test_stratified_subset_is_distinct_sorted_and_in_range(count, budget):
         assert np.all(np.abs(per_tenth - budget / 10) <= 1)
     with pytest.raises(ValueError, match="budget"):
         stratified_subset(count, count, seed=0)
+
+
+def test_fusion_keeps_the_point_budget_as_an_even_subset_of_the_fused_cloud():
+    rng = np.random.default_rng(0)
+    points = torch.from_numpy(rng.uniform(-1, 1, (5000, 3)))
+    points[::50] = float("nan")                                 # 100 non-finite points go
+    colors = torch.from_numpy(rng.integers(0, 256, (5000, 3), dtype=np.uint8))
+    confidence = torch.from_numpy(np.linspace(0.0, 1.0, 5000))
+    unlimited = FusionSettings(voxel_size=0.0, outlier_neighbours=0, confidence_threshold=0.5)
+    every, _, _ = fuse_points(points, colors, confidence, unlimited)
+    kept, kept_colors, kept_conf = fuse_points(points, colors, confidence,
+                                               replace(unlimited, max_points=300))
+    assert len(every) > 300 and len(kept) == len(kept_colors) == len(kept_conf) == 300
+    assert np.isfinite(kept).all() and kept_conf.min() >= 0.5
+    # a subset of the fused cloud, spread over it (stratified: every tenth holds ~a tenth)
+    index = {tuple(p): i for i, p in enumerate(every)}
+    positions = np.array([index[tuple(p)] for p in kept])
+    assert np.all(np.abs(np.bincount(positions * 10 // len(every), minlength=10) - 30) <= 1)
+    small, _, _ = fuse_points(points, colors, confidence, replace(unlimited, max_points=10**6))
+    np.testing.assert_array_equal(small, every)                # under the budget: all of it

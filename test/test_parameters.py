@@ -24,7 +24,8 @@ def test_every_parameter_of_the_config_file_has_a_description():
     # comments above the key, and a trailing comment with its continuation lines
     assert descriptions["cameras"].startswith("Camera names, in rig order.")
     assert descriptions["image_transport"] == ("raw: Image on image_topic; compressed: "
-                                               'CompressedImage on image_topic + "/compressed"')
+                                               'CompressedImage on image_topic + "/compressed" '
+                                               "(JPEG/PNG, decoded on one thread per camera)")
     assert set(LIVE) | set(RANGES) <= set(values)
 
 
@@ -56,7 +57,7 @@ def test_settings_update_checks_cross_parameter_limits():
     values = read_parameters()
     settings = NodeSettings.from_values(values)
     assert settings.updated({"voxel_size": 0.01}).options.voxel_size == 0.01
-    assert settings.updated({"max_points": 7}).max_points == 7
+    assert settings.updated({"max_points": 7}).options.max_points == 7
     with pytest.raises(ValueError, match="min_cameras"):
         settings.updated({"min_cameras": len(settings.cameras) + 1})
 

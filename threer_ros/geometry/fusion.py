@@ -131,6 +131,8 @@ class FusionSettings:
             (Fast3R's demo: 0.1).
         min_view_confidence: Views whose most confident pixel is below this are dropped
             (Fast3R's demo: 1.5).
+        max_points: Most points of the fused cloud (0 = no limit): above it, a stratified
+            subset (:func:`stratified_subset`), taken on the cloud's device.
     """
 
     confidence_threshold: float = 0.0
@@ -139,6 +141,7 @@ class FusionSettings:
     outlier_std_ratio: float = 2.0
     view_quantile: float = 0.0
     min_view_confidence: float = 0.0
+    max_points: int = 0
 
 
 def view_confidence_mask(confidence: torch.Tensor, settings: FusionSettings) -> torch.Tensor:
@@ -160,8 +163,9 @@ def fuse_points(points: torch.Tensor, colors: torch.Tensor, confidence: torch.Te
     """Fuse ``(P, 3)`` points with their ``(P, 3)`` uint8 colours and ``(P,)`` confidences
     (tensors on one device): drop non-finite and low-confidence points, voxel-average, remove
     statistical outliers (neighbours searched on the voxel grid for a voxel-averaged cloud on a
-    GPU, by a k-d tree otherwise). Returns
-    float32 points, uint8 colours and float32 confidences as numpy arrays."""
+    GPU, by a k-d tree otherwise) and keep at most ``settings.max_points`` of them, all on the
+    points' device. Returns float32 points, uint8 colours and float32 confidences as numpy
+    arrays (copied to the host once, within the budget)."""
     keep = torch.isfinite(points).all(dim=1) & (confidence >= settings.confidence_threshold)
     points, colors, confidence = voxel_downsample(points[keep], colors[keep], confidence[keep],
                                                   settings.voxel_size)
@@ -169,8 +173,12 @@ def fuse_points(points: torch.Tensor, colors: torch.Tensor, confidence: torch.Te
     inliers = remove_statistical_outliers(points, settings.outlier_neighbours,
                                           settings.outlier_std_ratio,
                                           cell=2.0 * settings.voxel_size if on_gpu else 0.0)
-    return (points[inliers].float().cpu().numpy(), colors[inliers].cpu().numpy(),
-            confidence[inliers].float().cpu().numpy())
+    kept = inliers.nonzero().squeeze(1)
+    if 0 < settings.max_points < len(kept):
+        subset = stratified_subset(len(kept), settings.max_points, seed=0)
+        kept = kept[torch.from_numpy(subset).to(kept.device)]
+    return (points[kept].float().cpu().numpy(), colors[kept].cpu().numpy(),
+            confidence[kept].float().cpu().numpy())
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ class BackendOptions:
         alignment_lr: Adam learning rate of the full global alignment.
         outlier_neighbours: Neighbours of the statistical outlier removal (0 = off).
         outlier_std_ratio: Its threshold, in standard deviations.
+        max_points: Point budget of the fused cloud (0 = none): a stratified subset, taken
+            where the cloud is fused (on the GPU) before it is copied to the host.
         compile_network: ``torch.compile`` the network's blocks and heads.
         compile_alignment: ``torch.compile`` the full global alignment's losses (MASt3R,
             Pow3R).
@@ -92,6 +94,7 @@ class BackendOptions:
     alignment_lr: float = 0.01
     outlier_neighbours: int = 16
     outlier_std_ratio: float = 2.0
+    max_points: int = 0
     compile_network: bool = False
     compile_alignment: bool = False
     mvs_depth_range: tuple[float, float] = (0.0, 0.0)
@@ -102,7 +105,8 @@ class BackendOptions:
             else {"confidence_threshold": self.confidence_threshold}
         return FusionSettings(voxel_size=self.voxel_size,
                               outlier_neighbours=self.outlier_neighbours,
-                              outlier_std_ratio=self.outlier_std_ratio, **confidence)
+                              outlier_std_ratio=self.outlier_std_ratio,
+                              max_points=self.max_points, **confidence)
 
     def network_settings(self, backend: str):
         """Settings of the network backend ``backend`` (:class:`~threer_ros.pipeline.network.

@@ -209,6 +209,23 @@ def cloud_to_msg(header: Any, points: np.ndarray, colors: np.ndarray, confidence
                                for n, o, d, c in fields])
 
 
+def filtered_cloud_msg(header: Any, points: np.ndarray, colors: np.ndarray,
+                       confidence: np.ndarray, confidence_threshold: float, max_points: int,
+                       seed: int) -> Any:
+    """:func:`cloud_to_msg` of the finite points with ``confidence >= confidence_threshold``,
+    at most ``max_points`` of them (0: no limit; above it an even, ``seed``-ed subset:
+    :func:`~threer_ros.geometry.fusion.stratified_subset`)."""
+    from threer_ros.geometry.fusion import stratified_subset
+
+    keep = np.isfinite(points).all(axis=1) & (confidence >= confidence_threshold)
+    if not keep.all():
+        points, colors, confidence = points[keep], colors[keep], confidence[keep]
+    if 0 < max_points < len(points):
+        idx = stratified_subset(len(points), max_points, seed=seed)
+        points, colors, confidence = points[idx], colors[idx], confidence[idx]
+    return cloud_to_msg(header, points, colors, confidence)
+
+
 def cloud_from_msg(msg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points, colours and confidence of a ``PointCloud2`` (see :func:`unpack_cloud`)."""
     fields = [(f.name, f.offset, f.datatype, f.count) for f in msg.fields]

@@ -65,7 +65,6 @@ except ImportError as exc:   # the one interface package of our own: built, not 
 
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
 from threer_ros.data.ply import write_ply
-from threer_ros.geometry.fusion import stratified_subset
 from threer_ros.pipeline.backends import (BackendOptions, device_memory_mib, make_reconstructor,
                                          release_device_memory, resolve_device)
 from threer_ros.pipeline.compare import Comparison, CompareReconstructor
@@ -78,7 +77,8 @@ from threer_ros.ros import parameters
 from threer_ros.ros.await_future import wait_for_future
 from threer_ros.ros.camera_queues import CameraQueues
 from threer_ros.ros.convert import (ImageDecodeError, camera_info_to_calibration, cloud_from_msg,
-                                    cloud_to_msg, image_from_msg, pose_array_msg, transform_msgs)
+                                    filtered_cloud_msg, image_from_msg, pose_array_msg,
+                                    transform_msgs)
 from threer_ros.ros.recording import Recording
 from threer_ros.ros.sync import FrameSynchronizer
 from threer_ros.ros.tf_listener import TfListener, latched_qos
@@ -667,16 +667,14 @@ class CaptureNode(LifecycleNode):
                                 f"{type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
     def _cloud_msg(self, header: Header, recon: Reconstruction) -> tuple[PointCloud2, int]:
-        """The cloud message of ``recon`` (confidence-filtered, within ``max_points``)."""
-        s = self.settings
-        points, colors, conf = recon.points, recon.colors, recon.confidence
-        keep = np.isfinite(points).all(axis=1) & (conf >= s.options.confidence_threshold)
-        if not keep.all():
-            points, colors, conf = points[keep], colors[keep], conf[keep]
-        if len(points) > s.max_points:
-            idx = stratified_subset(len(points), s.max_points, seed=recon.stamp_ns)
-            points, colors, conf = points[idx], colors[idx], conf[idx]
-        return cloud_to_msg(header, points, colors, conf), len(points)
+        """The cloud message of ``recon`` (confidence-filtered, within ``max_points``: the
+        network backends' fusion keeps both already, on the GPU; checked here for every
+        backend) and its number of points."""
+        options = self.settings.options
+        msg = filtered_cloud_msg(header, recon.points, recon.colors, recon.confidence,
+                                 options.confidence_threshold, options.max_points,
+                                 seed=recon.stamp_ns)
+        return msg, msg.width
 
     def _publish(self, item: Job, result: tuple[Reconstruction, Comparison | None, float]
                  ) -> None:

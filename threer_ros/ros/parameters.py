@@ -42,7 +42,7 @@ RANGES: dict[str, tuple[float, float]] = {
 
 #: The fused cloud's filtering: what a live change hands to the running backend.
 FUSION = frozenset({"confidence_threshold", "voxel_size", "outlier_neighbours",
-                    "outlier_std_ratio"})
+                    "outlier_std_ratio", "max_points"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ class NodeSettings:
     backend: str
     compare_backends: str
     output_frame: str
-    max_points: int
     cloud_topic: str
     poses_topic: str
     service_timeout: float
