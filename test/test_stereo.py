@@ -38,7 +38,8 @@ def test_zncc_peaks_at_the_true_depth_and_half_resolution_keeps_the_geometry():
     rig = SyntheticRig.render(seed=0, width=64, count=16)
     depth, K, T = _tensors(rig)
     images = torch.stack([torch.from_numpy(v.image) for v in rig.views]).permute(0, 3, 1, 2)
-    grey = images.float().mean(1, keepdim=True) / 255
+    images = images.float() / 255
+    grey = images.mean(1, keepdim=True)
     half, K_half = half_resolution(grey, K)
     assert half.shape[-1] == 32
     # a ray seen at (u, v) in the half image is seen at (2u + 0.5, 2v + 0.5) in the full one
@@ -47,6 +48,32 @@ def test_zncc_peaks_at_the_true_depth_and_half_resolution_keeps_the_geometry():
                                (K[0] @ ray)[:2].numpy(), atol=1e-9)
     true_inv = torch.where(depth[1] > 0, 1 / depth[1].clamp(min=1e-6), 1.0).reshape(1, -1)
     hypotheses = torch.cat([true_inv * f for f in (0.9, 0.95, 1.0, 1.05, 1.1)])
-    cost = zncc_cost(grey[:, 0], 1, [0, 2], K, T, hypotheses, 7, 2)
     head = depth[1] > 0
-    assert (cost.argmax(0)[head] == 2).float().mean() > 0.8
+    for channels in (grey, images):
+        cost = zncc_cost(channels, 1, [0, 2], K, T, hypotheses, 7, 2)
+        assert (cost.argmax(0)[head] == 2).float().mean() > 0.8
+
+
+def test_colour_zncc_ignores_exposure_and_white_balance_and_sees_chroma_texture():
+    """One gain on every channel and per-channel offsets leave the score as it is; a pattern
+    that only varies in chroma (constant grey level) is matched in colour, not in grey."""
+    rig = SyntheticRig.render(seed=0, width=48, count=4)
+    _, K, T = _tensors(rig)
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(3, 70, 48, generator=g)
+    images = torch.stack([ref] * 4)
+    changed = images.clone()
+    changed[0] = 0.5 * ref + torch.tensor([0.1, 0.0, 0.2])[:, None, None]
+    hypotheses = torch.full((1, 70 * 48), 1.0)
+    # a source camera placed on the reference: every hypothesis maps a pixel onto itself
+    T_same = T.clone()
+    T_same[0] = T[1]
+    plain = zncc_cost(images, 1, [0], K, T_same, hypotheses, 7, 1)
+    assert torch.allclose(zncc_cost(changed, 1, [0], K, T_same, hypotheses, 7, 1), plain,
+                          atol=1e-4)
+    assert (plain > 0.999).all()
+    chroma = torch.stack([torch.stack([ref[0], ref[1], 1.5 - ref[0] - ref[1]])] * 4)
+    assert torch.allclose(chroma.mean(1), torch.tensor(0.5))             # no grey texture
+    assert (zncc_cost(chroma, 1, [0], K, T_same, hypotheses, 7, 1) > 0.999).all()
+    assert (zncc_cost(chroma.mean(1, keepdim=True), 1, [0], K, T_same, hypotheses, 7, 1
+                      ).abs() < 0.01).all()

@@ -8,8 +8,10 @@ For every camera (the reference) and its ``neighbours`` nearest cameras (by came
    forced onto the subject.
 2. **Coarse sweep.** On the images halved until about ``coarse_width`` pixels wide (where the
    windows span more texture), ``planes`` fronto-parallel planes uniform in inverse depth are
-   swept; each plane is scored by the ZNCC of grey levels over ``window`` x ``window`` pixels,
-   mean of the ``best_neighbours`` best neighbours (robust to occlusion), and the best plane is
+   swept; each plane is scored by the ZNCC of the colour images over ``window`` x ``window``
+   pixels (each channel centred on its own mean, the three correlated as one vector: chroma
+   variation is texture too, where weakly textured skin has little in grey levels), mean of
+   the ``best_neighbours`` best neighbours (robust to occlusion), and the best plane is
    refined with a parabola fit. Pixels whose best plane is at the range's edge, or whose cost
    curve has a second peak within ``min_uniqueness`` of the best (an ambiguous match), are
    rejected.
@@ -17,8 +19,7 @@ For every camera (the reference) and its ``neighbours`` nearest cameras (by came
    times at full resolution, every pixel tests ``2 * refine_steps + 1`` inverse depths around
    three seeds (its previous depth, and the nearest and farthest of its 3 x 3 neighbourhood:
    depth edges and weakly textured pixels take up their neighbours' depths, a propagation),
-   with steps halving pass by pass. Where the reference's ``window`` holds little texture
-   (standard deviation below ``wide_below``) the ZNCC window is ``wide_window`` wide.
+   with steps halving pass by pass.
 
 Depths are then filtered: the full-resolution window's grey-level standard deviation must
 reach ``min_texture``, and a depth must be confirmed both ways by at least ``min_consistent``
@@ -62,10 +63,6 @@ class PlaneSweepSettings:
         neighbours: Source cameras per reference camera (nearest camera centres).
         best_neighbours: How many of the best-scoring neighbours are averaged per hypothesis.
         window: Side of the ZNCC window in pixels (odd), at every level.
-        wide_window: Side of the ZNCC window (odd) at the refinement levels where the
-            reference's ``window`` has a grey-level standard deviation below ``wide_below``
-            (0..255): weak texture is matched over more pixels.
-        wide_below: See ``wide_window``.
         min_uniqueness: Smallest lead of the best coarse score over the best score more than
             two planes away (ambiguous matches below).
         min_zncc: Smallest mean ZNCC over a depth's agreeing views.
@@ -84,13 +81,11 @@ class PlaneSweepSettings:
     refine_steps: int = 2
     final_passes: int = 2
     depth_range: tuple[float, float] = (0.0, 0.0)
-    neighbours: int = 4
+    neighbours: int = 3
     best_neighbours: int = 2
     window: int = 7
-    wide_window: int = 15
-    wide_below: float = 8.0
     min_uniqueness: float = 0.02
-    min_zncc: float = 0.6
+    min_zncc: float = 0.5
     min_texture: float = 1.0
     consistency: float = 0.003
     min_consistent: int = 2
@@ -161,10 +156,9 @@ class PlaneSweepReconstructor:
         K = torch.tensor(np.stack([f.calibration.K for f in frames.frames]), dtype=torch.float64)
         poses = np.stack([f.calibration.cam_to_rig for f in frames.frames])
         T = torch.tensor(poses, dtype=torch.float64)
-        pyramid = [(images.mean(1, keepdim=True), K)]          # grey (N, 1, H, W), fine first
+        pyramid = [(images, K)]                                # fine first
         while pyramid[-1][0].shape[-1] // 2 >= s.coarse_width:
             pyramid.append(half_resolution(*pyramid[-1]))
-        pyramid = [(grey[:, 0], K_level) for grey, K_level in pyramid]
         timings["prepare"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -207,16 +201,16 @@ class PlaneSweepReconstructor:
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Inverse depth (1/metres), score (mean ZNCC over the passes) and validity (interior,
         unambiguous, textured) of every pixel of camera ``ref`` at the finest level (H, W
-        each), from the grey pyramid (fine to coarse, images (N, H, W) in [0, 1] with their
-        float64 intrinsics) and the camera-to-rig poses T (N, 4, 4)."""
+        each), from the image pyramid (fine to coarse, images (N, 3, H, W) in [0, 1] with
+        their float64 intrinsics) and the camera-to-rig poses T (N, 4, 4)."""
         s = self.settings
-        grey, K = pyramid[-1]
-        H, W = grey.shape[-2:]
-        dev = grey.device
+        images, K = pyramid[-1]
+        H, W = images.shape[-2:]
+        dev = images.device
         planes = torch.linspace(1.0 / far, 1.0 / near, s.planes, dtype=torch.float64)
         step = float(planes[1] - planes[0])
         hypotheses = planes.float().to(dev)[:, None].expand(s.planes, H * W)
-        cost = zncc_cost(grey, ref, sources, K, T, hypotheses, s.window, s.best_neighbours)
+        cost = zncc_cost(images, ref, sources, K, T, hypotheses, s.window, s.best_neighbours)
         inv, score, best = _refine(cost, hypotheses, step)
         plane = torch.arange(s.planes, device=dev)[:, None, None]
         rival = torch.where((plane - best).abs() > 2, cost, -1.0).amax(0)
@@ -224,8 +218,8 @@ class PlaneSweepReconstructor:
         total = score
         offsets = torch.arange(-s.refine_steps, s.refine_steps + 1, device=dev).float()
         passes = list(reversed(pyramid[:-1])) + [pyramid[0]] * (s.final_passes - 1)
-        for grey, K in passes:
-            H, W = grey.shape[-2:]
+        for images, K in passes:
+            H, W = images.shape[-2:]
             step /= 2
             coarse = inv[None, None]
             seeds = torch.cat([coarse, -F.max_pool2d(-coarse, 3, 1, 1),
@@ -236,18 +230,12 @@ class PlaneSweepReconstructor:
             valid = valid > 0
             hypotheses = (seeds[:, None] + step * offsets[:, None, None]).reshape(-1, H * W)
             hypotheses = hypotheses.clamp(1.0 / far, 1.0 / near)
-            cost = zncc_cost(grey, ref, sources, K, T, hypotheses, self._window(grey[ref]),
+            cost = zncc_cost(images, ref, sources, K, T, hypotheses, s.window,
                              s.best_neighbours)
             inv, score, _ = _refine(cost, hypotheses, step, len(offsets))
             total = total + score
-        textured = window_std(grey[ref], s.window) * 255 >= s.min_texture
+        textured = window_std(images[ref].mean(0), s.window) * 255 >= s.min_texture
         return inv, total / (1 + len(passes)), valid & textured
-
-    def _window(self, grey: torch.Tensor) -> torch.Tensor:
-        """Window side per pixel of an (H, W) grey image in [0, 1] (see ``wide_window``)."""
-        s = self.settings
-        weak = window_std(grey, s.window) * 255 < s.wide_below
-        return torch.where(weak, s.wide_window, s.window)
 
 
 def _refine(cost: torch.Tensor, hypotheses: torch.Tensor, step: float, run: int = 0
