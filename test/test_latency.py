@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make test installs it)")
 
 from threer_ros.cli import main  # noqa: E402
-from threer_ros.ros.latency import parse_parameters, stream_report  # noqa: E402
+from threer_ros.ros.latency import drift_report, parse_parameters, stream_report  # noqa: E402
 
 
 def test_node_parameters_are_checked_before_anything_starts(capsys):
@@ -36,6 +36,7 @@ def test_latency_is_measured_over_the_requested_reconstructions(
     assert len(result["samples_s"]) == summary["end_to_end_latency_s"]["n"] == 2
     assert len(result["warmup_samples_s"]) == 1
     assert "stage_depth_s" in summary and "stage_publish_s" in summary
+    assert summary["host_memory_rss_mib"]["min"] > 0      # the node's own memory, for soaks
     for sample in result["samples_s"]:       # the backend's time is inside the latency
         assert 0 <= sample["node_overhead_s"] < sample["end_to_end_latency_s"]
     stream = result["stream"]              # every measured cloud, seen by a subscriber
@@ -60,3 +61,19 @@ def test_stream_report_counts_triggers_drops_and_latency_percentiles():
     assert 0.19 < report["latency_p99_s"] <= report["latency_max_s"] == pytest.approx(0.20)
     with pytest.raises(ValueError, match="at least 2 clouds"):
         stream_report(arrivals[:1], rate_hz=10.0)
+
+
+def test_drift_report_compares_the_first_and_last_quarter_of_a_run():
+    # 16 clouds a second apart whose latency grows from 100 to 250 ms; host memory grows by
+    # 10 MiB a sample, GPU memory stays
+    arrivals = [(i * 10**9, i * 10**9 + (100 + 10 * i) * 10**6) for i in range(16)]
+    samples = [{"host_memory_rss_mib": 500.0 + 10 * i, "gpu_memory_reserved_mib": 5000.0,
+                "end_to_end_latency_s": 0.1} for i in range(8)]
+    drift = drift_report(arrivals, samples)
+    assert drift["latency_p50_s_first"] == pytest.approx(0.115)       # 100..130 ms
+    assert drift["latency_p50_s_last"] == pytest.approx(0.235)        # 220..250 ms
+    assert drift["host_memory_rss_mib_first"] == 505.0
+    assert drift["host_memory_rss_mib_last"] == 565.0
+    assert drift["gpu_memory_reserved_mib_first"] == drift["gpu_memory_reserved_mib_last"]
+    assert "end_to_end_latency_s_first" not in drift                   # memory and latency only
+    assert drift_report(arrivals[:7], samples[:7]) == {}               # too short to tell

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Mapping
 
 from threer_ros.geometry.fusion import FusionSettings
@@ -148,6 +150,16 @@ def device_memory_mib(device: str) -> dict[str, float]:
         return {}
     return {"gpu_memory_allocated_mib": torch.cuda.memory_allocated(device) / 2**20,
             "gpu_memory_reserved_mib": torch.cuda.memory_reserved(device) / 2**20}
+
+
+def host_memory_mib() -> dict[str, float]:
+    """This process's resident host memory (MiB) as ``host_memory_rss_mib``; empty where
+    ``/proc/self/statm`` is not there (not Linux)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return {}
+    return {"host_memory_rss_mib": resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20}
 
 
 def make_reconstructor(name: str, options: BackendOptions) -> Reconstructor:

@@ -41,7 +41,7 @@ from threer_ros.ros.session import SyntheticSession, synthetic_session
 #: The pipeline status values reported (besides the backend's ``stage_*_s``): seconds, and
 #: the device memory in MiB where the backend runs on a GPU.
 LATENCY_KEYS = ("end_to_end_latency_s", "node_overhead_s", "gpu_memory_allocated_mib",
-                "gpu_memory_reserved_mib")
+                "gpu_memory_reserved_mib", "host_memory_rss_mib")
 
 
 #: The node's pipeline values printed when the measurement fails (what it did with the sets).
@@ -133,6 +133,25 @@ def stream_report(arrivals: list[tuple[int, int]], rate_hz: float) -> dict[str, 
             "latency_max_s": float(latency.max())}
 
 
+def drift_report(arrivals: list[tuple[int, int]], samples: list[dict[str, float]]
+                 ) -> dict[str, float]:
+    """What changed over a long run (a soak): the first and the last quarter's median of the
+    trigger-to-cloud latency (seconds, from ``arrivals`` as in :func:`stream_report`) and of
+    each memory value of the node's ``samples`` (``*_mib``), keyed ``<name>_first`` and
+    ``<name>_last``; quarters of fewer than 2 items give nothing."""
+    def quarters(values: list[float]) -> dict[str, float]:
+        q = len(values) // 4
+        return {"first": statistics.median(values[:q]), "last": statistics.median(values[-q:])} \
+            if q >= 2 else {}
+
+    latency = [(received - stamp) * 1e-9 for stamp, received in arrivals]
+    series = {"latency_p50_s": latency}
+    series.update({key: [s[key] for s in samples if key in s]
+                   for key in dict.fromkeys(k for s in samples for k in s) if key.endswith("_mib")})
+    return {f"{name}_{part}": value for name, values in series.items()
+            for part, value in quarters(values).items()}
+
+
 def _print_table(summary: dict[str, dict[str, float]]) -> None:
     print(f"{'value':>24} {'median':>10} {'min':>10} {'max':>10}   n")
     for key, row in summary.items():
@@ -191,18 +210,23 @@ def run_latency(args: argparse.Namespace) -> int:
     warmup = [s for c, s in zip(sorted(log.by_count), samples) if c <= args.warmup]
     measured = [s for c, s in zip(sorted(log.by_count), samples) if args.warmup < c <= wanted]
     summary = summarize(measured)
+    drift = drift_report(arrivals, measured)
     print(f"{stream['clouds']} clouds at {stream['sets_per_s']:.2f} sets/s, "
           f"{stream['fraction_reconstructed']:.0%} of {stream['sets_triggered']} triggered sets; "
           f"trigger-to-cloud latency p50 {stream['latency_p50_s'] * 1e3:.1f} ms, "
           f"p99 {stream['latency_p99_s'] * 1e3:.1f} ms, max {stream['latency_max_s'] * 1e3:.1f} ms")
     print(f"the node's sets so far: {counters}")
+    if drift:
+        print("first -> last quarter of the run: " + ", ".join(
+            f"{name} {drift[name + '_first']:.4g} -> {drift[name + '_last']:.4g}"
+            for name in dict.fromkeys(k.rsplit("_", 1)[0] for k in drift)))
     print(f"the node's diagnostics (sampled at 1 Hz: {len(measured)} of the measured sets):")
     _print_table(summary)
     if args.json:
         report = {"environment": environment(), "command": " ".join(sys.argv),
                   "parameters": parameters, "width": args.width, "rate_hz": args.rate,
                   "compressed": args.compressed, "workers": args.workers, "stream": stream,
-                  "node_counters": counters,
+                  "node_counters": counters, "drift": drift,
                   "cloud_arrivals_ns": arrivals, "summary_s": summary, "samples_s": measured,
                   "warmup_samples_s": warmup}
         args.json.parent.mkdir(parents=True, exist_ok=True)

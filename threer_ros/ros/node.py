@@ -65,8 +65,9 @@ except ImportError as exc:   # the one interface package of our own: built, not 
 
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
 from threer_ros.data.ply import write_ply
-from threer_ros.pipeline.backends import (BackendOptions, device_memory_mib, make_reconstructor,
-                                         release_device_memory, resolve_device)
+from threer_ros.pipeline.backends import (BackendOptions, device_memory_mib, host_memory_mib,
+                                         make_reconstructor, release_device_memory,
+                                         resolve_device)
 from threer_ros.pipeline.compare import Comparison, CompareReconstructor
 from threer_ros.pipeline.frames import FramePreparer
 from threer_ros.pipeline.types import (CameraCalibration, Frame, FrameSet, Reconstruction,
@@ -822,7 +823,8 @@ class CaptureNode(LifecycleNode):
         if recon is not None:
             values.update({f"stage_{k}_s": f"{v:.4f}" for k, v in recon.timings_s.items()})
             values.update({k: f"{v:.6g}" for k, v in recon.info.items()})
-        values.update({k: f"{v:.1f}" for k, v in device_memory_mib(self._device).items()})
+        memory = {**device_memory_mib(self._device), **host_memory_mib()}
+        values.update({k: f"{v:.1f}" for k, v in memory.items()})
         level, message = self._pipeline_level(work, recon)
         array.status.append(self._status(pipeline_status_name(node), level, message,
                                          self._device, values))
