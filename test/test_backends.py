@@ -71,3 +71,18 @@ def test_auto_precision_keeps_the_heads_in_float32_under_a_bfloat16_trunk(parity
     dtypes = {name.split(".")[0]: p.dtype for name, p in model.named_parameters()}
     assert dtypes["downstream_head1"] == dtypes["downstream_head2"] == torch.float32
     assert dtypes["patch_embed"] == torch.bfloat16
+
+
+def test_tf32_precision_is_float32_weights_with_tf32_products_only_inside_the_forward():
+    from threer_ros.pipeline.network import float32_matmul, network_precision
+
+    assert network_precision("tf32", "cuda") == (torch.float32, False)
+    before = torch.get_float32_matmul_precision()
+    with float32_matmul("tf32"):
+        assert torch.get_float32_matmul_precision() == "high"      # TF32 allowed
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(RuntimeError), float32_matmul("tf32"):
+        raise RuntimeError("a failing forward")
+    assert torch.get_float32_matmul_precision() == before          # restored anyway
+    with float32_matmul("fp32"):
+        assert torch.get_float32_matmul_precision() == before      # other modes: untouched

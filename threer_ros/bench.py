@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -41,12 +41,15 @@ from threer_ros.cli import command_parser
 from threer_ros.models import build_model, compile_blocks, heads_to_float32
 from threer_ros.models.released import RELEASED
 from threer_ros.mvs_quality import add_arguments as add_mvs_quality_arguments
+from threer_ros.pipeline.network import float32_matmul
 
 #: Precision modes: name -> (parameter dtype, autocast dtype or None). ``bf16`` casts the
 #: weights; ``bf16-trunk`` too, but keeps the heads (and descriptors) in fp32, as
 #: ``precision: auto`` runs on CUDA; ``bf16-amp`` keeps fp32 weights and runs matrix products
-#: in bf16 under autocast.
-PRECISIONS = {"fp32": (torch.float32, None), "bf16": (torch.bfloat16, None),
+#: in bf16 under autocast; ``tf32`` keeps fp32 weights and runs matrix products on TF32
+#: tensor cores (the node's ``precision: tf32``).
+PRECISIONS = {"fp32": (torch.float32, None), "tf32": (torch.float32, None),
+              "bf16": (torch.bfloat16, None),
               "bf16-trunk": (torch.bfloat16, None), "fp16": (torch.float16, None),
               "bf16-amp": (torch.float32, torch.bfloat16)}
 
@@ -75,9 +78,14 @@ def _sdpa_kernel(choice: str):
     return sdpa_kernel([backend])
 
 
-def _autocast(device: torch.device, precision: str):
+@contextlib.contextmanager
+def _numerics(device: torch.device, precision: str) -> Iterator[None]:
+    """The arithmetic of ``precision`` around a forward: autocast for ``bf16-amp``, TF32
+    matrix products for ``tf32`` (:func:`~threer_ros.pipeline.network.float32_matmul`)."""
     amp = PRECISIONS[precision][1]
-    return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None), \
+            float32_matmul(precision):
+        yield
 
 
 @dataclass
@@ -171,7 +179,7 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    with torch.inference_mode(), _autocast(device, dtype), _sdpa_kernel(sdpa):
+    with torch.inference_mode(), _numerics(device, dtype), _sdpa_kernel(sdpa):
         for i in range(warmup + repeats):
             ms = _timed(lambda: _forward(name, model, inputs), device)
             if i >= warmup:
@@ -246,7 +254,7 @@ def parity_errors(fixtures: Path, device: torch.device) -> list[dict]:
             model = _cast(load_model(checkpoint, device=device), precision)
             for case in entry["cases"]:
                 data = np.load(fixtures / name / f"{case}.npz")
-                with _autocast(device, precision):
+                with _numerics(device, precision):
                     ours = run_parity_case(name, model, data, device, dtype)
                 worst: dict[str, float] = {}
                 for k in (k for k in data.files if k.startswith("out.")):

@@ -35,8 +35,8 @@ from threer_ros.geometry.registration import (estimate_focal, fit_similarity_bat
                                               focal_stretch, pixel_grid, ray_consistent_scale,
                                               solve_pnp)
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
-                                         load_network, prepare_network_images,
-                                         update_network_fusion)
+                                         float32_matmul, load_network,
+                                         prepare_network_images, update_network_fusion)
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
 #: Most pixels per view used for PnP (the most confident ones on a regular sub-grid).
@@ -105,7 +105,7 @@ class Fast3RReconstructor:
         dtype = next(self.network.parameters()).dtype
         views = [dict(images.view([i]), img=images.img[i:i + 1].to(dtype))
                  for i in range(len(images.cameras))]
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_matmul(self.settings.precision):
             out = self.network(views)
         glob = torch.cat([o["pts3d_in_other_view"] for o in out]).float()     # (N, h, w, 3)
         conf = torch.cat([o["conf"] for o in out]).float()                     # (N, h, w)

@@ -10,6 +10,8 @@ intrinsics here are the calibrated ones mapped to it (pixels of the network imag
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -29,9 +31,28 @@ NETWORK_CLASSES = {
 }
 
 
-#: ``precision`` values: name -> (trunk dtype, heads in float32).
-PRECISIONS = {"fp32": (torch.float32, False), "bf16-trunk": (torch.bfloat16, True),
-              "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
+#: ``precision`` values: name -> (trunk dtype, heads in float32). ``tf32`` is ``fp32`` whose
+#: matrix products run on TF32 tensor cores (CUDA; :func:`float32_matmul`).
+PRECISIONS = {"fp32": (torch.float32, False), "tf32": (torch.float32, False),
+              "bf16-trunk": (torch.bfloat16, True), "bf16": (torch.bfloat16, False),
+              "fp16": (torch.float16, False)}
+
+
+@contextmanager
+def float32_matmul(precision: str) -> Iterator[None]:
+    """Run the block's float32 matrix products on TF32 tensor cores when ``precision`` is
+    ``tf32`` (CUDA GPUs from Ampere on: inputs rounded to a 10-bit mantissa, float32
+    accumulation; no effect on the CPU), exactly otherwise; the process-wide setting is
+    restored on exit, so the alignment after the forward stays in full float32."""
+    if precision != "tf32":
+        yield
+        return
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
 
 
 def network_precision(precision: str, device: str) -> tuple[torch.dtype, bool]:
@@ -146,8 +167,9 @@ class NetworkSettings:
         device: ``cpu``, ``cuda`` or ``cuda:N`` (already resolved).
         checkpoint: Weights file or folder ("" = the cached released weights).
         image_size: Long side of the network images in pixels (512 for the released models).
-        precision: ``auto`` (CUDA: ``bf16-trunk``; CPU: ``fp32``), ``fp32``, ``bf16-trunk``
-            (heads in fp32), ``bf16`` or ``fp16`` (:func:`network_precision`).
+        precision: ``auto`` (CUDA: ``bf16-trunk``; CPU: ``fp32``), ``fp32``, ``tf32`` (fp32
+            with TF32 matrix products), ``bf16-trunk`` (heads in fp32), ``bf16`` or ``fp16``
+            (:func:`network_precision`).
         use_calibration: Use known intrinsics/extrinsics (priors, Sim(3) into the rig frame).
         alignment: ``fast`` keeps calibrated poses fixed and fits only depth scales; ``full``
             estimates every pose and then fits a Sim(3) to the calibration; ``auto`` is

@@ -34,7 +34,7 @@ from threer_ros.geometry.global_alignment import (AlignmentSettings, PairPredict
 from threer_ros.geometry.matching import Correspondences, four_way_matches
 from threer_ros.geometry.sparse_alignment import SparseSettings, sparse_global_alignment
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
-                                         calibration_check, load_network,
+                                         calibration_check, float32_matmul, load_network,
                                          prepare_network_images, update_network_fusion)
 from threer_ros.pipeline.types import FrameSet, Reconstruction
 
@@ -273,7 +273,8 @@ class PairwiseReconstructor:
         rays, pose = self._priors(images, first, second, pose_priors)
         if rays is not None:
             view["known_rays"] = orient(rays)
-        with torch.no_grad():       # not inference_mode: alignment differentiates outputs
+        # not inference_mode: the alignment differentiates the outputs
+        with torch.no_grad(), float32_matmul(self.settings.precision):
             if hasattr(self.network, "forward_pairs"):
                 extra = {"known_pose": pose} if self.name == "pow3r" \
                     else {"descriptors": descriptors}
