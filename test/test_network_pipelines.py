@@ -194,3 +194,37 @@ def test_mast3r_calibrated_fast_path_does_not_compute_descriptors(rig, parity_di
         rig.frame_set(0))
     assert recon.poses_from_calibration and len(recon.points) > 0
     assert not calls
+
+
+def test_a_gpu_out_of_memory_halves_pair_batch_and_the_set_still_comes(rig, parity_dir):
+    """A GPU that holds only 2 pairs a batch (the tiny, real MASt3R network, whose head
+    raises CUDA's out-of-memory error for larger batches): the set is decoded again with
+    smaller batches and reconstructed as with ``pair_batch`` 2; later sets keep the smaller
+    batch; one pair that does not fit is an error."""
+    import torch
+
+    from threer_ros.models import load_model
+
+    network = load_model(parity_dir / "mast3r" / "checkpoint.pth")
+    fits = {"pairs": 2}
+
+    def memory_of_two_pairs(module, args):
+        batch = args[0][0].shape[0]
+        if batch > fits["pairs"]:
+            raise torch.cuda.OutOfMemoryError(f"{batch} pairs do not fit")
+
+    network.downstream_head1.register_forward_pre_hook(memory_of_two_pairs)
+    settings = NetworkSettings(image_size=64, alignment="fast")
+    frames = rig.frame_set(0)
+    shrinking = MASt3RReconstructor(network, settings,
+                                    PairSettings(graph="knn", neighbours=2, batch=16))
+    first = shrinking.reconstruct(frames)
+    assert first.info["pair_batch"] == 2 and shrinking.pairs.batch == 2
+    direct = MASt3RReconstructor(network, settings,
+                                 PairSettings(graph="knn", neighbours=2, batch=2)
+                                 ).reconstruct(frames)
+    np.testing.assert_allclose(first.points, direct.points, rtol=1e-5, atol=1e-6)
+    assert shrinking.reconstruct(frames).info["pair_batch"] == 2
+    fits["pairs"] = 0
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        shrinking.reconstruct(frames)

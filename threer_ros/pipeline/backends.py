@@ -152,6 +152,13 @@ def device_memory_mib(device: str) -> dict[str, float]:
             "gpu_memory_reserved_mib": torch.cuda.memory_reserved(device) / 2**20}
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the GPU running out of memory (PyTorch's CUDA allocator)."""
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
 def host_memory_mib() -> dict[str, float]:
     """This process's resident host memory (MiB) as ``host_memory_rss_mib``; empty where
     ``/proc/self/statm`` is not there (not Linux)."""

@@ -179,7 +179,7 @@ class PairwiseReconstructor:
         timings["network"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        info = {"pairs": float(len(edges))}
+        info = {"pairs": float(len(edges)), "pair_batch": float(self.pairs.batch)}
         if fast:
             dev = pred.points1.device
             points, conf = calibrated_points(pred, torch.as_tensor(images.intrinsics, device=dev),
@@ -273,15 +273,7 @@ class PairwiseReconstructor:
         rays, pose = self._priors(images, first, second, pose_priors)
         if rays is not None:
             view["known_rays"] = orient(rays)
-        # not inference_mode: the alignment differentiates the outputs
-        with torch.no_grad(), float32_matmul(self.settings.precision):
-            if hasattr(self.network, "forward_pairs"):
-                extra = {"known_pose": pose} if self.name == "pow3r" \
-                    else {"descriptors": descriptors}
-                res1, res2 = self.network.forward_pairs(view, first, second,
-                                                        pair_batch=self.pairs.batch, **extra)
-            else:
-                res1, res2 = self._forward_gathered(view, first, second, pose)
+        res1, res2 = self._decode_pairs(view, first, second, pose, descriptors)
         descriptors = descriptors and "desc" in res1
         used = ("pts3d", "pts3d_in_other_view", "conf") + \
             (("desc", "desc_conf") if descriptors else ())
@@ -293,6 +285,31 @@ class PairwiseReconstructor:
         if not descriptors:
             return pred, None
         return pred, (res1["desc"], res2["desc"], res1["desc_conf"], res2["desc_conf"])
+
+    def _decode_pairs(self, view: dict, first: torch.Tensor, second: torch.Tensor,
+                      pose: torch.Tensor | None, descriptors: bool) -> tuple[dict, dict]:
+        """The pairs ``(first[k], second[k])`` through the network, ``pair_batch`` at a time.
+
+        A GPU out-of-memory error halves ``pair_batch`` for this and every later set (the
+        cached memory is handed back first) and decodes again, down to one pair a batch; the
+        batch in use is reported as ``pair_batch`` in the reconstruction's info.
+        """
+        while True:
+            try:
+                # not inference_mode: the alignment differentiates the outputs
+                with torch.no_grad(), float32_matmul(self.settings.precision):
+                    if not hasattr(self.network, "forward_pairs"):
+                        return self._forward_gathered(view, first, second, pose)
+                    extra = {"known_pose": pose} if self.name == "pow3r" \
+                        else {"descriptors": descriptors}
+                    return self.network.forward_pairs(view, first, second,
+                                                      pair_batch=self.pairs.batch, **extra)
+            except torch.cuda.OutOfMemoryError:
+                batch = self.pairs.batch if self.pairs.batch > 0 else len(first)
+                if batch <= 1:
+                    raise
+                self.pairs = replace(self.pairs, batch=batch // 2)
+                torch.cuda.empty_cache()
 
     def _forward_gathered(self, view: dict, first: torch.Tensor, second: torch.Tensor,
                           pose: torch.Tensor | None) -> tuple[dict, dict]:

@@ -66,8 +66,8 @@ except ImportError as exc:   # the one interface package of our own: built, not 
 from threer_ros.data.calibration import RigCalibration, load_rig_calibration
 from threer_ros.data.ply import write_ply
 from threer_ros.pipeline.backends import (BackendOptions, device_memory_mib, host_memory_mib,
-                                         make_reconstructor, release_device_memory,
-                                         resolve_device)
+                                         is_out_of_memory, make_reconstructor,
+                                         release_device_memory, resolve_device)
 from threer_ros.pipeline.compare import Comparison, CompareReconstructor
 from threer_ros.pipeline.frames import FramePreparer
 from threer_ros.pipeline.types import (CameraCalibration, Frame, FrameSet, Reconstruction,
@@ -664,8 +664,13 @@ class CaptureNode(LifecycleNode):
             item[2].set_exception(exc)
         if not self.context.ok():  # shutting down: nothing to report to
             return
+        hint = ""
+        if is_out_of_memory(exc):          # the next set gets the memory this one cached
+            release_device_memory()
+            hint = ("; the GPU's cached memory was handed back (the pairwise backends also "
+                    "halve pair_batch); if it recurs, lower network_size or the cameras")
         self.get_logger().error(f"reconstruction of the set at {item[0].stamp_ns} ns failed: "
-                                f"{type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+                                f"{type(exc).__name__}: {exc}{hint}", throttle_duration_sec=5.0)
 
     def _cloud_msg(self, header: Header, recon: Reconstruction) -> tuple[PointCloud2, int]:
         """The cloud message of ``recon`` (confidence-filtered, within ``max_points``: the
