@@ -65,6 +65,10 @@ class BackendOptions:
         graph_neighbours: k of the ``knn`` graph.
         pose_priors: Pow3R's full alignment also gets the calibrated relative poses as priors
             (they partly hide a moved camera; the fast path always gets them).
+        clean_depth: MASt3R / Pow3R with ``full`` alignment: drop points that lie in front of
+            what another view sees and are less confident (the official demos' depth
+            cleaning; :mod:`threer_ros.geometry.depth_cleaning`): ``calibrated`` (on sets whose
+            calibration is used), ``always`` or ``never``.
         pair_batch: Pairs per network batch.
         alignment_iterations: Optimisation steps of the full global alignment.
         alignment_lr: Adam learning rate of the full global alignment.
@@ -91,6 +95,7 @@ class BackendOptions:
     pair_graph: str = "knn"
     graph_neighbours: int = 4
     pose_priors: bool = False
+    clean_depth: str = "calibrated"
     pair_batch: int = 16
     alignment_iterations: int = 300
     alignment_lr: float = 0.01
