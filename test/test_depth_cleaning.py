@@ -54,12 +54,22 @@ def test_view_depths_are_the_depths_along_each_optical_axis():
                                                                     dtype=torch.float64))
 
 
+FLOATER = (20, 25)           # (v, u) of view 1's flying pixel in the tests below
+
+
+def _add_floater(points: torch.Tensor, conf: torch.Tensor, poses: torch.Tensor,
+                 confidence: float) -> None:
+    """Make view 1's pixel :data:`FLOATER` a flying pixel halfway along its ray to the wall,
+    where view 0 sees the wall, with ``confidence``."""
+    v1, u1 = FLOATER
+    points[1, v1, u1] = (poses[1, :3, 3] + points[1, v1, u1]) / 2
+    conf[1, v1, u1] = confidence
+
+
 def test_a_floating_point_in_front_of_the_other_views_surface_is_removed():
     points, conf, K, poses = _scene()
-    # a flying pixel of view 1, halfway along its ray to the wall, where view 0 sees the wall
-    v1, u1 = 20, 25
-    points[1, v1, u1] = (poses[1, :3, 3] + points[1, v1, u1]) / 2
-    conf[1, v1, u1] = 1.0
+    _add_floater(points, conf, poses, 1.0)
+    v1, u1 = FLOATER
     v0, u0, z0 = _pixel_of(K[0], poses[0], points[1, v1, u1])
     assert 0 <= v0 < H and 0 <= u0 < W and z0 < 0.999 * WALL
     bad = free_space_violations(points, conf, K, poses)
@@ -73,9 +83,7 @@ def test_a_floating_point_in_front_of_the_other_views_surface_is_removed():
 
 def test_a_more_confident_floater_is_kept_and_the_less_confident_surface_is_not_touched():
     points, conf, K, poses = _scene()
-    v1, u1 = 20, 25
-    points[1, v1, u1] = (poses[1, :3, 3] + points[1, v1, u1]) / 2
-    conf[1, v1, u1] = 5.0                       # more confident than view 0's wall (2)
+    _add_floater(points, conf, poses, 5.0)             # more confident than view 0's wall (2)
     assert not free_space_violations(points, conf, K, poses).any()
 
 
@@ -93,9 +101,8 @@ def test_points_behind_a_surface_and_outside_the_view_are_kept():
 
 def test_missing_points_neither_flag_nor_get_flagged():
     points, conf, K, poses = _scene()
-    v1, u1 = 20, 25
-    points[1, v1, u1] = (poses[1, :3, 3] + points[1, v1, u1]) / 2
-    conf[1, v1, u1] = 1.0
+    _add_floater(points, conf, poses, 1.0)
+    v1, u1 = FLOATER
     v0, u0, _ = _pixel_of(K[0], poses[0], points[1, v1, u1])
     points[0, v0, u0] = float("nan")                 # view 0 saw nothing there
     points[1, 5, 5] = float("nan")
