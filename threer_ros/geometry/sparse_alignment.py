@@ -6,9 +6,11 @@ pairs' correspondences (:func:`threer_ros.geometry.matching.four_way_matches`).
 
 1. **Canonical views.** A view's own-frame pointmaps (one per pair it leads) are averaged with
    weights ``conf - 0.999``. Its depth is then carried by *anchors*, one per ``subsample``
-   block of pixels (at the block's pixel ``(s // 2, s // 2)``); every other pixel keeps a fixed
-   depth ratio to its block's anchor, from the confidence-weighted mean over the pairs of the
-   angle between the pixel's and the anchor's points ("avg-angle"). The focal length is the
+   block of pixels (at the block's pixel ``(s // 2, s // 2)``; officially 8 px at any size;
+   ours with known focal lengths: the same fraction of the image as 8 px of the official
+   512 px, :func:`scaled_subsample`); every other pixel keeps a fixed depth ratio to its
+   block's anchor, from the confidence-weighted mean over the pairs of the angle between the
+   pixel's and the anchor's points ("avg-angle"). The focal length is the
    Weiszfeld estimate from the canonical pointmap (the official code clamps it to 0.5-3.5
    times the focal of a 60 degree field of view; ``SparseSettings.focal_range``).
 2. **Cameras.** Poses are a kinematic chain (:mod:`threer_ros.geometry.kinematic_chain`), each
@@ -51,12 +53,28 @@ from threer_ros.geometry.optimisation import compiled_if, minimise
 from threer_ros.geometry.registration import estimate_focal, pixel_grid
 
 
+#: The official demo's anchor block size and matching seed stride (pixels) and the network
+#: image size (long side, pixels) it is used at.
+OFFICIAL_SUBSAMPLE, OFFICIAL_SIZE = 8, 512
+
+
+def scaled_subsample(height: int, width: int) -> int:
+    """Anchor block size (pixels) covering the fraction of an ``height`` x ``width`` image
+    that the official 8 px cover of its 512 px images: the power of two nearest (in ratio)
+    to ``8 * max(height, width) / 512``, from 1 to 16 (powers of two up to 16 divide the
+    networks' image sizes, multiples of 16). 96 and 128 px: 2; 256 px: 4; 512 px: 8."""
+    exact = OFFICIAL_SUBSAMPLE * max(height, width) / OFFICIAL_SIZE
+    return 2 ** min(4, max(0, round(math.log2(exact))))
+
+
 @dataclass(frozen=True)
 class SparseSettings:
     """Settings of the sparse alignment (defaults: the official demo's).
 
     Attributes:
-        subsample: Anchor block size and matching seed stride (pixels).
+        subsample: Anchor block size and matching seed stride (pixels); None (the default):
+            with known focal lengths :func:`scaled_subsample` of the network images (ours),
+            without them 8 (official, at any size; docs/backends.md).
         coarse_lr, coarse_iterations, coarse_gamma: The 3D stage.
         fine_lr, fine_iterations, fine_gamma: The 2D stage.
         fallback_gamma, fallback_weight: The regression loss of pairs without usable matches.
@@ -75,7 +93,7 @@ class SparseSettings:
         compile: ``torch.compile`` the losses.
     """
 
-    subsample: int = 8
+    subsample: int | None = None
     coarse_lr: float = 0.07
     coarse_iterations: int = 300
     coarse_gamma: float = 1.5
@@ -91,6 +109,15 @@ class SparseSettings:
     optimise_depth: bool = True
     match_tolerance: float = 0.02
     compile: bool = False
+
+    def block(self, height: int, width: int, focal_known: bool) -> int:
+        """The anchor block size and seed stride (pixels) for ``height`` x ``width``
+        network images, with or without known focal lengths (finer anchors remove the
+        anchor model's depth errors from the poses, but with free focals they also let the
+        focals drift: docs/backends.md)."""
+        if self.subsample is not None:
+            return self.subsample
+        return scaled_subsample(height, width) if focal_known else OFFICIAL_SUBSAMPLE
 
 
 class Gamma(NamedTuple):
@@ -432,9 +459,9 @@ def sparse_global_alignment(pred: PairPredictions, matches: Correspondences, n: 
         canonical ones) and the final loss.
     """
     _, H, W, _ = pred.points1.shape
-    s = settings.subsample
-    dev = pred.points1.device
     known = focal is not None
+    s = settings.block(H, W, known)
+    dev = pred.points1.device
     matches = consistent_matches(pred, matches, settings.match_tolerance)
     centre = torch.tensor([(W - 1) / 2, (H - 1) / 2], device=dev)
     if principal_point is None:

@@ -213,7 +213,7 @@ class PairwiseReconstructor:
             answers = unstretched(pred, K)  # known focal: undo the networks' focal errors
         with torch.enable_grad():
             if descriptors is not None:
-                matches = self._match(answers, descriptors)
+                matches = self._match(answers, descriptors, known)
                 info["matches"] = float(len(matches.pair))
                 timings["matching"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -369,9 +369,11 @@ class PairwiseReconstructor:
             lambda a, b, p: self.network(gather(a, p), gather(b, p)), first, second,
             self.pairs.batch, pose)
 
-    def _match(self, pred: PairPredictions, descriptors) -> Correspondences:
+    def _match(self, pred: PairPredictions, descriptors, focal_known: bool
+               ) -> Correspondences:
         """MASt3R's four-way matches of every pair from both its decodings, indexed by the
-        pair's ``i < j`` decoding."""
+        pair's ``i < j`` decoding, seeded at the sparse alignment's stride for images with
+        (``focal_known``) or without known focal lengths."""
         desc1, desc2, conf1, conf2 = descriptors
         decoding = {(i, j): e for e, (i, j) in enumerate(zip(pred.first.tolist(),
                                                               pred.second.tolist()))}
@@ -380,7 +382,8 @@ class PairwiseReconstructor:
         found = four_way_matches(desc1[forward], desc2[forward], desc1[backward],
                                  desc2[backward], conf1[forward], conf2[forward],
                                  conf1[backward], conf2[backward],
-                                 subsample=self.pairs.sparse.subsample)
+                                 subsample=self.pairs.sparse.block(*desc1.shape[1:3],
+                                                                   focal_known))
         pair = torch.tensor(forward, device=found.pair.device)[found.pair]
         return Correspondences(pair, found.pixel1, found.pixel2, found.weight)
 
