@@ -13,7 +13,7 @@ LIMIT_S = 60.0
 
 
 def test_a_blocked_camera_does_not_hold_the_others_and_each_keeps_its_order():
-    errors: list[tuple[str, BaseException]] = []
+    errors: list[tuple[str, Exception]] = []
     queues = CameraQueues(depth=10, on_error=lambda c, e: errors.append((c, e)))
     release, started = threading.Event(), threading.Event()
     done: dict[str, list[int]] = {"a": [], "b": []}
@@ -51,7 +51,7 @@ def test_a_camera_that_falls_behind_keeps_its_newest_jobs_and_counts_the_rest():
 
 
 def test_a_failing_job_is_reported_and_the_camera_goes_on():
-    errors: list[tuple[str, BaseException]] = []
+    errors: list[tuple[str, Exception]] = []
     queues = CameraQueues(depth=5, on_error=lambda c, e: errors.append((c, e)))
     after = threading.Event()
     queues.submit("cam", lambda: 1 / 0)

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Generator
 
+from rclpy.exceptions import InvalidHandle
 from rclpy.guard_condition import GuardCondition
 
 
@@ -23,6 +24,15 @@ class _NextWakeUp:
 
     def __await__(self) -> Generator[None, None, None]:
         yield
+
+
+def _wake_up(wake: GuardCondition) -> None:
+    """Trigger ``wake``; nothing to wake once its node is destroyed (a shutdown that came
+    while a callback waited)."""
+    try:
+        wake.trigger()
+    except InvalidHandle:
+        pass
 
 
 async def wait_for_future(future: Future[Any], wake: GuardCondition, timeout_s: float) -> bool:
@@ -40,8 +50,8 @@ async def wait_for_future(future: Future[Any], wake: GuardCondition, timeout_s: 
         Whether ``future`` is done.
     """
     deadline = time.monotonic() + timeout_s
-    future.add_done_callback(lambda _: wake.trigger())
-    timer = threading.Timer(timeout_s, wake.trigger)
+    future.add_done_callback(lambda _: _wake_up(wake))
+    timer = threading.Timer(timeout_s, _wake_up, args=(wake,))
     timer.daemon = True
     timer.start()
     try:

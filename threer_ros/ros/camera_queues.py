@@ -21,7 +21,7 @@ Job = Callable[[], None]
 class _CameraThread:
     """One camera's queue and the thread that empties it."""
 
-    def __init__(self, name: str, depth: int, on_error: Callable[[BaseException], None]
+    def __init__(self, name: str, depth: int, on_error: Callable[[Exception], None]
                  ) -> None:
         self.jobs: deque[Job] = deque()
         self.depth = depth
@@ -50,7 +50,7 @@ class _CameraThread:
                 job, self.busy = self.jobs.popleft(), True
             try:
                 job()
-            except BaseException as exc:  # noqa: BLE001 - reported; the thread goes on
+            except Exception as exc:  # noqa: BLE001 - reported; the thread goes on
                 self._on_error(exc)
             finally:
                 with self.cond:
@@ -70,7 +70,7 @@ class CameraQueues:
             goes on with the next job.
     """
 
-    def __init__(self, depth: int, on_error: Callable[[str, BaseException], None]) -> None:
+    def __init__(self, depth: int, on_error: Callable[[str, Exception], None]) -> None:
         if depth < 1:
             raise ValueError(f"a queue depth of {depth}: need at least 1")
         self._depth = depth

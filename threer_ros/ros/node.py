@@ -485,7 +485,7 @@ class CaptureNode(LifecycleNode):
             for synced in self._sync.add(camera, stamp_ns, frame):
                 self._submit(synced, arrival)
 
-    def _decoding_failed(self, camera: str, exc: BaseException) -> None:
+    def _decoding_failed(self, camera: str, exc: Exception) -> None:
         """An unexpected error on a camera's decoding thread: counted as a rejected image."""
         self._reject(camera, type(exc).__name__, f"decoding failed: {type(exc).__name__}: {exc}")
 
