@@ -98,13 +98,3 @@ def free_space_violations(points: torch.Tensor, confidence: torch.Tensor,
         flagged |= inside & (z < (1 - tolerance) * seen) & (flat_conf < conf[j].reshape(-1)[pixel])
     return flagged.reshape(N, H, W)
 
-
-def clean_confidence(points: torch.Tensor, confidence: torch.Tensor, intrinsics: torch.Tensor,
-                     cam_to_world: torch.Tensor, tolerance: float = TOLERANCE,
-                     dropped: float = 0.0) -> torch.Tensor:
-    """``confidence`` with the :func:`free_space_violations` lowered to at most ``dropped``
-    (0, as officially: below every confidence threshold of the fusion), so that the fused
-    cloud leaves them out. Arguments as :func:`free_space_violations`; returns a new
-    ``(N, H, W)`` tensor."""
-    bad = free_space_violations(points, confidence, intrinsics, cam_to_world, tolerance)
-    return torch.where(bad.to(confidence.device), confidence.clamp(max=dropped), confidence)

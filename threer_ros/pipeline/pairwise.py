@@ -198,9 +198,7 @@ class PairwiseReconstructor:
         t0 = time.perf_counter()
         info = {"pairs": float(len(edges)), "pair_batch": float(self.pairs.batch)}
         if fast:
-            dev = pred.points1.device
-            points, conf = calibrated_points(pred, torch.as_tensor(images.intrinsics, device=dev),
-                                             torch.as_tensor(images.cam_to_rig, device=dev))
+            points, conf, _, _ = self._on_calibrated_cameras(pred, images)
             timings["alignment"] = time.perf_counter() - t0
             return assemble(images, points, conf, images.cam_to_rig, images.intrinsics,
                             frames.stamp_ns, self.settings, timings, True, info)
@@ -256,6 +254,18 @@ class PairwiseReconstructor:
         timings["cleaning"] = time.perf_counter() - t0
         return points
 
+    @staticmethod
+    def _on_calibrated_cameras(pred: PairPredictions, images: NetworkImages
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pairs' depths along the calibrated rays, placed by the calibrated poses
+        (:func:`~threer_ros.geometry.global_alignment.calibrated_points`: points in metres in
+        the rig frame and their confidences), with the intrinsics ``(N, 3, 3)`` and
+        camera-to-rig poses ``(N, 4, 4)`` used, on the predictions' device."""
+        dev = pred.points1.device
+        K = torch.as_tensor(images.intrinsics, device=dev)
+        cam_to_rig = torch.as_tensor(images.cam_to_rig, device=dev)
+        return (*calibrated_points(pred, K, cam_to_rig), K, cam_to_rig)
+
     def _checked_calibrated_cloud(self, images: NetworkImages, pred: PairPredictions,
                                   views: ViewEstimate, stamp_ns: int,
                                   timings: dict[str, float], info: dict[str, float],
@@ -267,10 +277,7 @@ class PairwiseReconstructor:
         metres in the rig frame), ``t0`` the start of the alignment (``perf_counter`` s)."""
         _, check = calibration_check(views.cam_to_world.cpu().numpy(), images.cam_to_rig)
         info.update(check)
-        dev = pred.points1.device
-        K = torch.as_tensor(images.intrinsics, device=dev)
-        cam_to_rig = torch.as_tensor(images.cam_to_rig, device=dev)
-        points, conf = calibrated_points(pred, K, cam_to_rig)
+        points, conf, K, cam_to_rig = self._on_calibrated_cameras(pred, images)
         timings["alignment"] = time.perf_counter() - t0
         points = self._cleaned(points, conf, K, cam_to_rig, True, timings, info)
         return assemble(images, points, conf, images.cam_to_rig, images.intrinsics, stamp_ns,
