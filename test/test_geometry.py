@@ -163,7 +163,7 @@ def test_rig_calibration_file_round_trip_and_errors(tmp_path):
 
 @pytest.mark.parametrize("count,budget", [(10, 9), (1_000_003, 500_000), (7, 0), (100, 1)])
 def test_stratified_subset_is_distinct_sorted_and_in_range(count, budget):
-    idx = stratified_subset(count, budget, seed=3)
+    idx = stratified_subset(count, budget, seed=3).numpy()
     assert len(idx) == budget and len(np.unique(idx)) == budget
     assert np.all(np.diff(idx) > 0) and (budget == 0 or (idx[0] >= 0 and idx[-1] < count))
     # one draw per stratum: every tenth of the range holds a tenth of the subset

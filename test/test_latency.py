@@ -47,6 +47,19 @@ def test_latency_is_measured_over_the_requested_reconstructions(
     assert "sets_completed" in result["node_counters"] and "sets_dropped_sync" in table
 
 
+def test_a_soak_measures_every_cloud_of_its_duration(tmp_path, ros_domain_id, monkeypatch):
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(ros_domain_id))
+    report = tmp_path / "soak.json"
+    assert main(["latency", "--device", "cpu", "--width", "48", "--rate", "1", "--warmup", "1",
+                 "--duration", "6", "--sets", "1000", "--out", str(tmp_path / "run"),
+                 "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["duration_s"] == 6
+    arrivals = result["cloud_arrivals_ns"]
+    assert result["stream"]["clouds"] == len(arrivals) >= 2      # not the 1000 of --sets
+    assert (arrivals[-1][1] - arrivals[0][1]) * 1e-9 <= 6.5
+
+
 def test_stream_report_counts_triggers_drops_and_latency_percentiles():
     second = 1_000_000_000
     # a 10 Hz rig: triggers every 0.1 s; the sets at 0.2 s and 0.3 s were dropped

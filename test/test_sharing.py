@@ -45,3 +45,17 @@ def test_bad_sharing_settings_are_refused_with_the_reason():
         SetSharing(0, 0)
     with pytest.raises(ValueError, match="must be >= 0"):
         SetSharing.from_rate(0, 2, -1.0)
+
+
+def test_with_the_trigger_rate_every_image_of_a_set_has_the_set_owner():
+    """Images of one trigger differ in stamp by milliseconds: each image's own stamp names its
+    set's owner, so workers can pass over other workers' images before decoding them."""
+    stamps = _stamps(10.0, 100, jitter_s=0.0, seed=3)
+    rng = np.random.default_rng(4)
+    shared, hashed = SetSharing.from_rate(1, 2, 10.0), SetSharing.from_rate(1, 2, 0.0)
+    assert shared.by_image and not hashed.by_image and not SetSharing.from_rate(0, 1, 10).by_image
+    for stamp in stamps:
+        images = stamp + rng.integers(-3_000_000, 3_000_000, 16)        # +-3 ms per camera
+        assert {shared.owner(int(t)) for t in images} == {shared.owner(int(stamp))}
+        assert {shared.trigger(int(t)) for t in images} == {shared.trigger(int(stamp))}
+    assert shared.trigger(int(stamps[1])) == shared.trigger(int(stamps[0])) + 1

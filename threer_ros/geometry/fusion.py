@@ -101,21 +101,26 @@ def _grid_mean_neighbour_distance(points: torch.Tensor, neighbours: int,
     return mean
 
 
-def stratified_subset(count: int, budget: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``budget`` of ``count`` points (``budget < count``): one point drawn
-    at random from each of ``budget`` equal, consecutive strata of the index range.
+def stratified_subset(count: int, budget: int, seed: int,
+                      device: str | torch.device = "cpu") -> torch.Tensor:
+    """Sorted int64 indices (on ``device``) of ``budget`` of ``count`` points
+    (``budget < count``): one point drawn at random from each of ``budget`` equal,
+    consecutive strata of the index range.
 
     A fused cloud is ordered by voxel, so the subset thins the cloud evenly in space; it costs
     O(budget), where drawing without replacement costs a permutation of all ``count`` points.
+    The draws come from a ``seed``-ed generator of ``device``: the same subset for the same
+    arguments on one kind of device.
     """
     if not 0 <= budget < count:
         raise ValueError(f"a subset of {budget} of {count} points: need 0 <= budget < count")
     if budget == 0:
-        return np.empty(0, dtype=np.int64)
-    bounds = np.arange(budget + 1, dtype=np.int64) * count // budget     # stratum edges
-    widths = np.diff(bounds)                                              # >= 1 each
-    draws = np.random.default_rng(seed).random(budget)
-    return bounds[:-1] + np.minimum((draws * widths).astype(np.int64), widths - 1)
+        return torch.empty(0, dtype=torch.int64, device=device)
+    bounds = torch.arange(budget + 1, dtype=torch.int64, device=device) * count // budget
+    widths = bounds.diff()                                                  # >= 1 each
+    draws = torch.rand(budget, dtype=torch.float64, device=device,
+                       generator=torch.Generator(device=device).manual_seed(seed))
+    return bounds[:-1] + torch.minimum((draws * widths).long(), widths - 1)
 
 
 @dataclass(frozen=True)
@@ -175,8 +180,7 @@ def fuse_points(points: torch.Tensor, colors: torch.Tensor, confidence: torch.Te
                                           cell=2.0 * settings.voxel_size if on_gpu else 0.0)
     kept = inliers.nonzero().squeeze(1)
     if 0 < settings.max_points < len(kept):
-        subset = stratified_subset(len(kept), settings.max_points, seed=0)
-        kept = kept[torch.from_numpy(subset).to(kept.device)]
+        kept = kept[stratified_subset(len(kept), settings.max_points, 0, kept.device)]
     return (points[kept].float().cpu().numpy(), colors[kept].cpu().numpy(),
             confidence[kept].float().cpu().numpy())
 

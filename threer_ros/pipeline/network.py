@@ -22,6 +22,7 @@ from threer_ros.geometry.fusion import FusionSettings, fuse_points, view_confide
 from threer_ros.geometry.registration import Similarity, align_to_reference
 from threer_ros.models.preprocess import network_intrinsics, prepare_images_torch
 from threer_ros.pipeline.types import FrameSet, Reconstruction
+from threer_ros.pipeline.upload import stacked_device_images
 
 #: Backend name -> (weights entry of ``threer-ros weights``, accepted network class names).
 NETWORK_CLASSES = {
@@ -115,7 +116,7 @@ class NetworkImages:
         cameras: Camera names, in input order.
         img: ``(N, 3, h, w)`` images normalised to [-1, 1], on the network's device, float32.
         true_shape: ``(N, 2)`` int32 ``(h, w)`` per image (CPU), as the official views carry.
-        colors: ``(N, h, w, 3)`` uint8 RGB of the network images.
+        colors: ``(N, h, w, 3)`` uint8 RGB of the network images, on their device.
         intrinsics: ``(N, 3, 3)`` float64 calibrated intrinsics in network pixels, or ``None``
             when some camera has no intrinsics.
         cam_to_rig: ``(N, 4, 4)`` float64 calibrated camera-to-rig poses (metres), or ``None``
@@ -125,7 +126,7 @@ class NetworkImages:
     cameras: tuple[str, ...]
     img: torch.Tensor
     true_shape: torch.Tensor
-    colors: np.ndarray
+    colors: torch.Tensor
     intrinsics: np.ndarray | None
     cam_to_rig: np.ndarray | None
 
@@ -138,7 +139,8 @@ class NetworkImages:
 
 
 def prepare_network_images(frames: FrameSet, size: int, device: str) -> NetworkImages:
-    """Resize and crop every frame as the official ``load_images(size)`` does, on ``device``.
+    """Resize and crop every frame as the official ``load_images(size)`` does, on ``device``
+    (from the frames' ``device_image`` when they were all uploaded there as they arrived).
 
     Raises:
         ValueError: the frames do not share one image size.
@@ -147,9 +149,11 @@ def prepare_network_images(frames: FrameSet, size: int, device: str) -> NetworkI
     if len(shapes) != 1:
         raise ValueError(f"all images of a set must have one size, got {sorted(shapes)}")
     height, width = frames.frames[0].image.shape[:2]
-    images = torch.from_numpy(np.stack([f.image for f in frames.frames])).to(device)
+    images = stacked_device_images(frames.frames, device)
+    if images is None:
+        images = torch.from_numpy(np.stack([f.image for f in frames.frames])).to(device)
     img, true_shape = prepare_images_torch(images, size)
-    colors = ((img.permute(0, 2, 3, 1) * 0.5 + 0.5) * 255).round().byte().cpu().numpy()
+    colors = ((img.permute(0, 2, 3, 1) * 0.5 + 0.5) * 255).round().byte()
     intrinsics = None
     if all(f.calibration is not None for f in frames.frames):
         intrinsics = network_intrinsics(np.stack([f.calibration.K for f in frames.frames]),
@@ -263,7 +267,7 @@ def assemble(images: NetworkImages, points: torch.Tensor, confidence: torch.Tens
         poses = to_first @ np.asarray(poses, dtype=np.float64)
     kept = view_confidence_mask(confidence, settings.fusion).reshape(-1).to(pts.device)
     pts = torch.where(kept[:, None], pts, float("nan"))
-    colors = torch.from_numpy(images.colors.reshape(-1, 3)).to(pts.device)
+    colors = images.colors.reshape(-1, 3).to(pts.device)
     fused = fuse_points(pts, colors, confidence.float().reshape(-1), settings.fusion)
     timings["fusion"] = time.perf_counter() - t0
     return Reconstruction(*fused, cameras=images.cameras, cam_to_rig=np.asarray(poses),

@@ -46,13 +46,27 @@ class SetSharing:
         period = round(1e9 / trigger_rate_hz) if trigger_rate_hz > 0 else 0
         return cls(worker_index, worker_count, period)
 
+    @property
+    def by_image(self) -> bool:
+        """Whether each image's own stamp tells whose set it belongs to (several workers
+        sharing by trigger period, where a set's images differ in stamp by far less than a
+        period): a worker can then pass over other workers' images as they arrive. With
+        hashed stamps only a whole set's stamp does."""
+        return self.worker_count > 1 and self.trigger_period_ns > 0
+
+    def trigger(self, stamp_ns: int) -> int:
+        """The trigger number of ``stamp_ns`` (the nearest multiple of the period; the stamp
+        itself when the period is unknown)."""
+        if not self.trigger_period_ns:
+            return stamp_ns
+        return (stamp_ns + self.trigger_period_ns // 2) // self.trigger_period_ns
+
     def owner(self, stamp_ns: int) -> int:
         """The index of the worker that reconstructs the set stamped ``stamp_ns``."""
         if self.worker_count == 1:
             return 0
         if self.trigger_period_ns:
-            trigger = (stamp_ns + self.trigger_period_ns // 2) // self.trigger_period_ns
-            return trigger % self.worker_count
+            return self.trigger(stamp_ns) % self.worker_count
         return (((stamp_ns * _GOLDEN) & _MASK) >> 32) % self.worker_count
 
     def owns(self, stamp_ns: int) -> bool:

@@ -62,12 +62,16 @@ class Frame:
         image: H x W x 3 uint8 RGB.
         stamp_ns: Acquisition time in nanoseconds.
         calibration: Calibration of this camera at this image's resolution, if known.
+        device_image: The same image as an H x W x 3 uint8 ``torch.Tensor`` already on the
+            backend's GPU (uploaded when it arrived: :mod:`threer_ros.pipeline.upload`), or
+            ``None``; the network backends use it instead of copying ``image`` there.
     """
 
     camera: str
     image: np.ndarray
     stamp_ns: int
     calibration: CameraCalibration | None = None
+    device_image: Any = None
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
                                "not be decoded as JPEG or PNG")
     stored_rgb = fmt.split("compressed")[-1].strip().startswith("rgb") if "compressed" in fmt \
         else False
-    return np.ascontiguousarray(image[..., ::-1]) if not stored_rgb else image
+    # in place, and without the GIL (a numpy flip and copy would hold it for milliseconds)
+    return image if stored_rgb else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
 
 
 def encode_compressed(rgb: np.ndarray, kind: str = "jpeg", quality: int = 95) -> bytes:
@@ -150,7 +151,8 @@ CLOUD_DTYPE = np.dtype({"names": [name for name, _ in CLOUD_FIELDS],
                         "itemsize": POINT_STEP})
 
 
-def pack_cloud(points: np.ndarray, colors: np.ndarray, confidence: np.ndarray
+def pack_cloud(points: np.ndarray, colors: np.ndarray, confidence: np.ndarray,
+               finite: bool | None = None
                ) -> tuple[list[tuple[str, int, int, int]], int, array.array, bool]:
     """Pack a cloud the way ``sensor_msgs_py.point_cloud2.create_cloud`` and RViz expect.
 
@@ -158,7 +160,8 @@ def pack_cloud(points: np.ndarray, colors: np.ndarray, confidence: np.ndarray
     count)``: x, y, z, rgb, confidence as little-endian float32; ``rgb`` holds the bits of the
     uint32 ``0x00RRGGBB``. ``data`` is an ``array.array('B')``, the buffer type that a
     ``PointCloud2`` message keeps as it is: the points are written into it once, and building
-    the message copies nothing.
+    the message copies nothing. ``finite``: whether every point is known to be finite (None:
+    checked here).
     """
     n = len(points)
     data = array.array("B", [0]) * (n * POINT_STEP)
@@ -169,7 +172,8 @@ def pack_cloud(points: np.ndarray, colors: np.ndarray, confidence: np.ndarray
     record["rgb"] = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
     record["confidence"] = np.asarray(confidence, np.float32)
     fields = [(name, offset, FLOAT32, 1) for name, offset in CLOUD_FIELDS]
-    return fields, POINT_STEP, data, bool(np.isfinite(xyz).all())
+    dense = bool(np.isfinite(xyz).all()) if finite is None else finite
+    return fields, POINT_STEP, data, dense
 
 
 def unpack_cloud(fields: Sequence[tuple[str, int, int, int]], point_step: int, data: Any,
@@ -198,11 +202,13 @@ def unpack_cloud(fields: Sequence[tuple[str, int, int, int]], point_step: int, d
     return points, colors, confidence
 
 
-def cloud_to_msg(header: Any, points: np.ndarray, colors: np.ndarray, confidence: np.ndarray):
-    """A ``sensor_msgs/PointCloud2`` (unorganised, height 1) of the given cloud."""
+def cloud_to_msg(header: Any, points: np.ndarray, colors: np.ndarray, confidence: np.ndarray,
+                 finite: bool | None = None):
+    """A ``sensor_msgs/PointCloud2`` (unorganised, height 1) of the given cloud (``finite``: as
+    :func:`pack_cloud` takes it)."""
     from sensor_msgs.msg import PointCloud2, PointField
 
-    fields, step, data, dense = pack_cloud(points, colors, confidence)
+    fields, step, data, dense = pack_cloud(points, colors, confidence, finite)
     return PointCloud2(header=header, height=1, width=len(points), is_bigendian=False,
                        point_step=step, row_step=step * len(points), is_dense=dense, data=data,
                        fields=[PointField(name=n, offset=o, datatype=d, count=c)
@@ -217,13 +223,16 @@ def filtered_cloud_msg(header: Any, points: np.ndarray, colors: np.ndarray,
     :func:`~threer_ros.geometry.fusion.stratified_subset`)."""
     from threer_ros.geometry.fusion import stratified_subset
 
-    keep = np.isfinite(points).all(axis=1) & (confidence >= confidence_threshold)
+    keep = confidence >= confidence_threshold
+    finite = np.isfinite(points)
+    if not finite.all():            # a whole-array test first: per-row tests cost more
+        keep &= finite.all(axis=1)
     if not keep.all():
         points, colors, confidence = points[keep], colors[keep], confidence[keep]
     if 0 < max_points < len(points):
-        idx = stratified_subset(len(points), max_points, seed=seed)
+        idx = stratified_subset(len(points), max_points, seed=seed).numpy()
         points, colors, confidence = points[idx], colors[idx], confidence[idx]
-    return cloud_to_msg(header, points, colors, confidence)
+    return cloud_to_msg(header, points, colors, confidence, finite=True)
 
 
 def cloud_from_msg(msg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ does), then measures two things:
   building and publishing the PointCloud2), the backend's stages, and the GPU memory.
 
 The first ``--warmup`` clouds (CUDA start-up, compilation) are left out and the next ``--sets``
-measured; the report is a table and optionally JSON (with every cloud's stamp and receipt time,
+measured (or, with ``--duration``, every cloud of that many seconds: a soak); the report is a table and optionally JSON (with every cloud's stamp and receipt time,
 for latency-over-time plots). ``--compressed`` has the rig send JPEG ``CompressedImage``;
 ``--workers N`` starts N capture nodes that share the sets (one per GPU).
 """
@@ -171,6 +171,20 @@ def _counters(session: SyntheticSession) -> str:
     return ", ".join(f"{k} {values[k]}" for k in DIAGNOSIS if k in values)
 
 
+def _wait_for_clouds(session: SyntheticSession, count: int, deadline: float) -> bool:
+    """Wait until the probe has seen ``count`` clouds; False, with the reason printed, when a
+    child exits first or the monotonic ``deadline`` passes."""
+    while not session.probe.wait_for(lambda r: len(r.cloud_arrivals) >= count, timeout=1.0):
+        problem = session.exited_early()
+        if problem or time.monotonic() > deadline:
+            print(f"threer-ros latency: {problem or 'timed out'} after "
+                  f"{len(session.probe.recorded.cloud_arrivals)} of {count} clouds; the "
+                  f"node's last status: {_counters(session) or 'none received'}",
+                  file=sys.stderr)
+            return False
+    return True
+
+
 def run_latency(args: argparse.Namespace) -> int:
     try:
         parameters = parse_parameters(args.param)
@@ -182,23 +196,28 @@ def run_latency(args: argparse.Namespace) -> int:
                   "max_rate": "0.0",
                   "image_transport": "compressed" if args.compressed else "raw", **parameters}
     log = ReconstructionLog()
-    wanted = args.warmup + args.sets
+    measured_for = f"{args.duration:g} s" if args.duration > 0 else f"{args.sets} clouds"
     print(f"latency of the capture node: {parameters}"
           + (f", {args.workers} workers" if args.workers > 1 else "")
           + f"; synthetic rig at {args.width} px, {args.rate} Hz"
-          f"{', JPEG' if args.compressed else ''}; {args.warmup} warm-up + {args.sets} "
-          "measured clouds")
+          f"{', JPEG' if args.compressed else ''}; {args.warmup} warm-up clouds, then "
+          f"measured for {measured_for}")
     with synthetic_session(args.out, args.width, args.rate, args.seed, parameters,
                            compressed=args.compressed, workers=args.workers) as session:
         deadline = time.monotonic() + args.timeout
-        while not session.probe.wait_for(lambda r: len(r.cloud_arrivals) >= wanted,
-                                         timeout=1.0):
-            problem = session.exited_early()
-            if problem or time.monotonic() > deadline:
-                print(f"threer-ros latency: {problem or 'timed out'} after "
-                      f"{len(session.probe.recorded.cloud_arrivals)} of {wanted} clouds; the "
-                      f"node's last status: {_counters(session) or 'none received'}",
-                      file=sys.stderr)
+        if args.duration > 0:
+            if not _wait_for_clouds(session, args.warmup, deadline):
+                return 1
+            end = time.monotonic() + args.duration
+            while (left := end - time.monotonic()) > 0:     # a measurement of fixed length
+                if problem := session.exited_early():
+                    print(f"threer-ros latency: {problem}", file=sys.stderr)
+                    return 1
+                time.sleep(min(1.0, left))
+            wanted = len(session.probe.recorded.cloud_arrivals)
+        else:
+            wanted = args.warmup + args.sets
+            if not _wait_for_clouds(session, wanted, deadline):
                 return 1
         arrivals = list(session.probe.recorded.cloud_arrivals[args.warmup:wanted])
         # the node's diagnostics come once a second: wait for the one after the last cloud
@@ -225,7 +244,8 @@ def run_latency(args: argparse.Namespace) -> int:
     if args.json:
         report = {"environment": environment(), "command": " ".join(sys.argv),
                   "parameters": parameters, "width": args.width, "rate_hz": args.rate,
-                  "compressed": args.compressed, "workers": args.workers, "stream": stream,
+                  "compressed": args.compressed, "workers": args.workers,
+                  "duration_s": args.duration, "stream": stream,
                   "node_counters": counters, "drift": drift,
                   "cloud_arrivals_ns": arrivals, "summary_s": summary, "samples_s": measured,
                   "warmup_samples_s": warmup}
@@ -245,6 +265,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the node's working_width (default: --width)")
     p.add_argument("--rate", type=float, default=0.5, help="rig trigger rate (Hz)")
     p.add_argument("--sets", type=int, default=10, help="reconstructions measured")
+    p.add_argument("--duration", type=float, default=0.0,
+                   help="measure for this many seconds after the warm-up instead of --sets "
+                        "clouds (soaks; a rate the node cannot keep up with)")
     p.add_argument("--warmup", type=int, default=2, help="reconstructions left out first")
     p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="another node parameter (repeatable), e.g. pair_batch:=68")
@@ -255,7 +278,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compressed", action="store_true",
                    help="the rig publishes JPEG CompressedImage (the node decodes them)")
     p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds to wait for all reconstructions")
+                   help="seconds to wait for all reconstructions (with --duration: for the "
+                        "warm-up ones)")
     p.add_argument("--out", type=Path, default=Path("out/latency"),
                    help="folder for the rig's calibration")
     p.add_argument("--json", type=Path, default=None, help="also write the report here")

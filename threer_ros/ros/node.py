@@ -72,6 +72,7 @@ from threer_ros.pipeline.compare import Comparison, CompareReconstructor
 from threer_ros.pipeline.frames import FramePreparer
 from threer_ros.pipeline.types import (CameraCalibration, Frame, FrameSet, Reconstruction,
                                        Reconstructor)
+from threer_ros.pipeline.upload import FrameUploader, host_only, upload_device
 from threer_ros.pipeline.warmup import (Warmup, WarmupGeometryError, warm_up,
                                         warmup_frame_set, warmup_wanted)
 from threer_ros.ros import parameters
@@ -174,7 +175,10 @@ class CaptureNode(LifecycleNode):
                                        max_delay_ns=int(s.sync_max_delay * 1e9))
         self._sets: deque[FrameSet] = deque(maxlen=s.set_buffer)   # newest usable sets
         self._sharing = s.sharing()
-        self._sets_other_workers = 0            # complete sets that other workers reconstruct
+        #: Sets that other workers reconstruct: counted by trigger as their images arrive (and
+        #: are passed over) when sharing by trigger period, else as complete sets.
+        self._sets_other_workers = 0
+        self._other_triggers: deque[int] = deque(maxlen=64)     # the newest ones counted
         self._camera_subscriptions: list = []
         self._last_recon: Reconstruction | None = None
         self._last_cloud: PointCloud2 | None = None
@@ -188,6 +192,7 @@ class CaptureNode(LifecycleNode):
         self._backend_error = ""
         self._device = s.options.device
         self._reconstructor = None
+        self._uploader: FrameUploader | None = None     # images to the GPU as they arrive
         self._warmup: Warmup | None = None      # the last configure's warm-up, if one ran
         self._warmup_note = ""                  # else why none ran
         self._comparison: Comparison | None = None
@@ -211,8 +216,9 @@ class CaptureNode(LifecycleNode):
         self._comparison_pub = self.create_publisher(String, "comparison", reliable) \
             if self._compare_pubs else None
         self._tf = TfListener(self)
-        #: Compressed images are decoded on one thread per camera (camera_queues.py), keeping
-        #: as many waiting as the image QoS does; the synchroniser is fed under this lock.
+        #: Images are decoded (and uploaded to the GPU) on one thread per camera
+        #: (camera_queues.py), keeping as many waiting as the image QoS does; the synchroniser
+        #: is fed under this lock.
         self._decoders = CameraQueues(depth=s.camera_qos().depth,
                                       on_error=self._decoding_failed)
         self._intake_lock = threading.Lock()
@@ -256,8 +262,10 @@ class CaptureNode(LifecycleNode):
             self._backend_error = f"backend {', '.join(s.backends)} unavailable: {exc}"
             self.get_logger().error(self._backend_error)
             return TransitionCallbackReturn.FAILURE
+        upload_to = upload_device(s.backends, options.device)
         with self._lock:
             self._rig, self._device, self._backend_error = rig, options.device, ""
+            self._uploader = FrameUploader(upload_to) if upload_to else None
         reconstructor = built[s.backend] if len(built) == 1 else CompareReconstructor(built)
         self._warm_up(reconstructor, options)
         with self._lock:
@@ -304,8 +312,9 @@ class CaptureNode(LifecycleNode):
         not known yet."""
         cameras = self.settings.cameras
         try:
-            return warmup_frame_set(cameras, {c: self._calibration(c) for c in cameras},
-                                    self._preparer)
+            frames = warmup_frame_set(cameras, {c: self._calibration(c) for c in cameras},
+                                      self._preparer)
+            return replace(frames, frames=tuple(self._uploaded(f) for f in frames.frames))
         except WarmupGeometryError as exc:
             self._warmup_note = f"skipped: {exc}"
             self.get_logger().warning(f"no warm-up at configure: {exc}; the first set compiles "
@@ -360,6 +369,8 @@ class CaptureNode(LifecycleNode):
         self._worker.wait_idle(self.settings.service_timeout)
         with self._intake_lock:
             self._sync.reset()
+        with self._lock:            # kept for ~/reconstruct_at, but not on the GPU meanwhile
+            self._sets = deque((host_only(f) for f in self._sets), maxlen=self._sets.maxlen)
         release_device_memory()
 
     def _release(self) -> None:
@@ -367,6 +378,7 @@ class CaptureNode(LifecycleNode):
         self._close_recording()
         with self._lock:
             self._reconstructor, self._rig, self._last_recon = None, None, None
+            self._uploader = None
             self._sets.clear()
         self._warmup, self._warmup_note = None, ""
         self._camera_info.clear()
@@ -466,24 +478,52 @@ class CaptureNode(LifecycleNode):
         self._stats[camera].arrived(now)
         self._frame_ids[camera] = msg.header.frame_id
         stamp_ns = _stamp_ns(msg.header.stamp)
-        if isinstance(msg, CompressedImage):    # milliseconds of decoding: the camera's thread
-            self._decoders.submit(camera, lambda: self._take(camera, msg, stamp_ns, now))
-        else:
-            self._take(camera, msg, stamp_ns, now)
+        if self._sharing.by_image and not self._sharing.owns(stamp_ns):
+            self._pass_over(stamp_ns)
+            return
+        self._decoders.submit(camera, lambda: self._take(camera, msg, stamp_ns, now))
+
+    def _pass_over(self, stamp_ns: int) -> None:
+        """An image of another worker's set (sharing by trigger period): not decoded or
+        synchronised here; its set is counted once."""
+        trigger = self._sharing.trigger(stamp_ns)
+        if trigger not in self._other_triggers:
+            self._other_triggers.append(trigger)
+            self._sets_other_workers += 1
 
     def _take(self, camera: str, msg: Image | CompressedImage, stamp_ns: int,
               arrival: float) -> None:
-        """Decode and prepare one image and give it to the synchroniser (on the executor
-        thread, or on the camera's decoding thread for compressed images)."""
+        """Decode and prepare one image, upload it to the GPU when this worker reconstructs
+        its set there, and give it to the synchroniser (on the camera's thread: decoding,
+        undistortion and the copies take milliseconds, most of them without the GIL)."""
         try:
             rgb = image_from_msg(msg, self.settings.image_bit_depth)
             frame = self._preparer.prepare(camera, rgb, stamp_ns, self._calibration(camera))
         except (ImageDecodeError, ValueError) as exc:
             self._reject(camera, type(exc).__name__, str(exc))
             return
+        if self._sharing.owns(stamp_ns):
+            frame = self._uploaded(frame)
         with self._intake_lock:
             for synced in self._sync.add(camera, stamp_ns, frame):
                 self._submit(synced, arrival)
+
+    def _uploaded(self, frame: Frame) -> Frame:
+        """``frame`` with its image on the GPU (:mod:`threer_ros.pipeline.upload`) when the
+        backend takes it there; as it is otherwise, or when the GPU has no room for it now
+        (the backend then copies it when it runs)."""
+        uploader = self._uploader
+        if uploader is None:
+            return frame
+        try:
+            return uploader.upload(frame)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self.get_logger().warning(f"no GPU memory to upload an image of {frame.camera} as "
+                                      "it arrived; the backend copies it when it runs",
+                                      throttle_duration_sec=10.0)
+            return frame
 
     def _decoding_failed(self, camera: str, exc: Exception) -> None:
         """An unexpected error on a camera's decoding thread: counted as a rejected image."""
