@@ -62,9 +62,9 @@ class Frame:
         image: H x W x 3 uint8 RGB.
         stamp_ns: Acquisition time in nanoseconds.
         calibration: Calibration of this camera at this image's resolution, if known.
-        device_image: The same image as an H x W x 3 uint8 ``torch.Tensor`` already on the
-            backend's GPU (uploaded when it arrived: :mod:`threer_ros.pipeline.upload`), or
-            ``None``; the network backends use it instead of copying ``image`` there.
+        device_image: The same image already on the backend's GPU, uploaded when it arrived
+            (a :class:`threer_ros.pipeline.upload.DeviceImage`), or ``None``; the network
+            backends use it instead of copying ``image`` there.
     """
 
     camera: str

@@ -216,7 +216,7 @@ class CaptureNode(LifecycleNode):
         self._comparison_pub = self.create_publisher(String, "comparison", reliable) \
             if self._compare_pubs else None
         self._tf = TfListener(self)
-        #: Images are decoded (and uploaded to the GPU) on one thread per camera
+        #: Compressed images are decoded (and uploaded to the GPU) on one thread per camera
         #: (camera_queues.py), keeping as many waiting as the image QoS does; the synchroniser
         #: is fed under this lock.
         self._decoders = CameraQueues(depth=s.camera_qos().depth,
@@ -481,7 +481,10 @@ class CaptureNode(LifecycleNode):
         if self._sharing.by_image and not self._sharing.owns(stamp_ns):
             self._pass_over(stamp_ns)
             return
-        self._decoders.submit(camera, lambda: self._take(camera, msg, stamp_ns, now))
+        if isinstance(msg, CompressedImage):    # milliseconds of decoding: the camera's thread
+            self._decoders.submit(camera, lambda: self._take(camera, msg, stamp_ns, now))
+        else:           # here, in order: a thread hop would let cameras overtake each other
+            self._take(camera, msg, stamp_ns, now)
 
     def _pass_over(self, stamp_ns: int) -> None:
         """An image of another worker's set (sharing by trigger period): not decoded or
@@ -494,8 +497,8 @@ class CaptureNode(LifecycleNode):
     def _take(self, camera: str, msg: Image | CompressedImage, stamp_ns: int,
               arrival: float) -> None:
         """Decode and prepare one image, upload it to the GPU when this worker reconstructs
-        its set there, and give it to the synchroniser (on the camera's thread: decoding,
-        undistortion and the copies take milliseconds, most of them without the GIL)."""
+        its set there, and give it to the synchroniser (on the executor thread for raw images,
+        on the camera's decoding thread for compressed ones)."""
         try:
             rgb = image_from_msg(msg, self.settings.image_bit_depth)
             frame = self._preparer.prepare(camera, rgb, stamp_ns, self._calibration(camera))
@@ -510,19 +513,24 @@ class CaptureNode(LifecycleNode):
 
     def _uploaded(self, frame: Frame) -> Frame:
         """``frame`` with its image on the GPU (:mod:`threer_ros.pipeline.upload`) when the
-        backend takes it there; as it is otherwise, or when the GPU has no room for it now
-        (the backend then copies it when it runs)."""
+        backend takes it there; as it is otherwise, or when the upload fails (the backend then
+        copies the image when it runs; an error other than a full GPU also turns the uploads
+        off until the next configure, with the reason in the log)."""
         uploader = self._uploader
         if uploader is None:
             return frame
         try:
             return uploader.upload(frame)
-        except RuntimeError as exc:
-            if not is_out_of_memory(exc):
-                raise
-            self.get_logger().warning(f"no GPU memory to upload an image of {frame.camera} as "
-                                      "it arrived; the backend copies it when it runs",
-                                      throttle_duration_sec=10.0)
+        except Exception as exc:  # noqa: BLE001 - the set goes on from the host image
+            if is_out_of_memory(exc):
+                self.get_logger().warning(f"no GPU memory to upload an image of {frame.camera}"
+                                          " as it arrived; the backend copies it when it runs",
+                                          throttle_duration_sec=10.0)
+            else:
+                self._uploader = None
+                self.get_logger().error(f"uploading images as they arrive failed "
+                                        f"({type(exc).__name__}: {exc}); the backend copies "
+                                        "them when it runs from now on")
             return frame
 
     def _decoding_failed(self, camera: str, exc: Exception) -> None:
