@@ -19,10 +19,12 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from builtin_interfaces.msg import Time
+from rclpy.duration import Duration
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
@@ -97,6 +99,18 @@ class PlaybackStats:
     max_lateness_s: float = 0.0
 
 
+def wait_for_delivery(publishers: Iterable[Publisher], timeout_s: float) -> bool:
+    """Wait (at most ``timeout_s`` in all) until the reliable subscribers of ``publishers``
+    have acknowledged everything published, so that a replay that ends does not take its last
+    messages with it; whether they all have."""
+    deadline = time.monotonic() + timeout_s
+    for publisher in publishers:
+        left = max(0.0, deadline - time.monotonic())
+        if not publisher.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9))):
+            return False
+    return True
+
+
 class BagPlayer:
     """Publishes a bag's topics on ``node`` with their recorded timing.
 
@@ -153,6 +167,11 @@ class BagPlayer:
             if stop.wait(0.1) or not self._node.context.ok():
                 return False
         return True
+
+    @property
+    def publishers(self) -> list[Publisher]:
+        """The publishers of the replayed topics."""
+        return [publisher for _, publisher in self._publishers.values()]
 
     def play(self, stop: threading.Event) -> PlaybackStats:
         """Publish the window (repeatedly with ``loop``) until done or ``stop`` is set.

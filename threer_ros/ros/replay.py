@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -36,7 +37,7 @@ from threer_ros.cli import command_parser
 from threer_ros.config import read_parameters
 from threer_ros.data.calibration import save_rig_calibration
 from threer_ros.data.rosbag import BagError, bag_info
-from threer_ros.ros.bag_player import CAMERA_QOS, BagPlayer
+from threer_ros.ros.bag_player import CAMERA_QOS, BagPlayer, wait_for_delivery
 from threer_ros.ros.convert import (calibration_to_camera_info_fields, encode_compressed,
                                     image_to_msg_fields)
 from threer_ros.ros.spinning import SpinningNodes
@@ -87,6 +88,12 @@ class SyntheticRigPublisher(Node):
                 image_msg, info_msg))
         self.create_timer(1.0 / rate_hz, self._trigger)
 
+    @property
+    def publishers(self) -> list[Publisher]:
+        """The image and CameraInfo publishers."""
+        return [pub for image_pub, info_pub, _, _ in self._cameras
+                for pub in (image_pub, info_pub) if pub is not None]
+
     def _trigger(self) -> None:
         if self._remaining is not None and self._remaining <= 0:
             self.done.set()
@@ -103,6 +110,20 @@ class SyntheticRigPublisher(Node):
             image_pub.publish(image_msg)
         if self._remaining is not None:
             self._remaining -= 1
+
+
+#: How long a replay that has published its last message waits for reliable subscribers to
+#: acknowledge what they have not yet (seconds).
+DELIVERY_TIMEOUT_S = 10.0
+
+
+def _deliver_before_ending(node: Node, publishers: list[Publisher]) -> None:
+    """Let reliable subscribers acknowledge the last messages before a finite replay ends;
+    warn when they have not after :data:`DELIVERY_TIMEOUT_S`."""
+    if not wait_for_delivery(publishers, DELIVERY_TIMEOUT_S):
+        node.get_logger().warning(
+            f"some subscribers had not acknowledged every message after {DELIVERY_TIMEOUT_S:g} "
+            "s; ending anyway (they may miss the last ones)")
 
 
 def _run_synthetic(args: argparse.Namespace) -> int:
@@ -129,6 +150,8 @@ def _run_synthetic(args: argparse.Namespace) -> int:
             jitter_s=args.jitter, count=args.count, compressed=args.compressed,
             seed=args.seed, context=ros.context))
         ros.wait(node.done)
+        if node.done.is_set():          # all --count sets sent (not Ctrl-C)
+            _deliver_before_ending(node, node.publishers)
     return 0
 
 
@@ -155,6 +178,8 @@ def _run_bag(args: argparse.Namespace) -> int:
             return 2
         node.get_logger().info(f"published {stats.published} messages in {stats.passes} "
                                f"pass(es); at most {stats.max_lateness_s * 1e3:.1f} ms late")
+        if not stop.is_set():
+            _deliver_before_ending(node, player.publishers)
     return 0
 
 
