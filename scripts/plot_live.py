@@ -63,18 +63,20 @@ def plot_soak(report: dict, out: Path) -> None:
     top.set_ylabel("trigger-to-cloud latency (ms)")
     top.set_ylim(bottom=0)
     top.grid(alpha=0.3)
-    # the diagnostics samples carry no time: spread them evenly over the run, as they came
-    samples = report["samples_s"]
-    span = seconds[-1] if seconds else 1.0
-    at = [span * i / max(1, len(samples) - 1) for i in range(len(samples))]
+    start = report["cloud_arrivals_ns"][0][1]
+    memory = report.get("memory_series")
+    if memory:          # every /diagnostics status of the run, at its time
+        at = [(m["stamp_ns"] - start) * 1e-9 for m in memory]
+    else:               # reports from before it: the complete sets' samples, in order
+        memory = report["samples_s"]
+        at = [seconds[-1] * i / max(1, len(memory) - 1) for i in range(len(memory))]
     for key, label in (("gpu_memory_allocated_mib", "GPU allocated"),
                        ("gpu_memory_reserved_mib", "GPU reserved"),
                        ("host_memory_rss_mib", "host resident")):
-        bottom.plot(at, [s.get(key, float("nan")) for s in samples], ".-", markersize=3,
+        bottom.plot(at, [m.get(key, float("nan")) for m in memory], ".-", markersize=3,
                     linewidth=0.7, label=label)
     bottom.set_ylabel("MiB")
-    bottom.set_title("the node's memory (its /diagnostics, sampled at complete sets, in order)",
-                     fontsize=9)
+    bottom.set_title("the node's memory (its /diagnostics)", fontsize=9)
     bottom.set_xlabel("time since the first measured cloud (s)")
     bottom.set_ylim(bottom=0)
     bottom.grid(alpha=0.3)

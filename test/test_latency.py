@@ -58,6 +58,10 @@ def test_a_soak_measures_every_cloud_of_its_duration(tmp_path, ros_domain_id, mo
     arrivals = result["cloud_arrivals_ns"]
     assert result["stream"]["clouds"] == len(arrivals) >= 2      # not the 1000 of --sets
     assert (arrivals[-1][1] - arrivals[0][1]) * 1e-9 <= 6.5
+    memory = result["memory_series"]             # once a second, for memory over the run
+    assert len(memory) >= 3 and all(m["host_memory_rss_mib"] > 0 for m in memory)
+    stamps = [m["stamp_ns"] for m in memory]
+    assert stamps == sorted(stamps) and stamps[0] >= arrivals[0][0]
 
 
 def test_stream_report_counts_triggers_drops_and_latency_percentiles():

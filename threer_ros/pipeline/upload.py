@@ -1,8 +1,9 @@
 """Camera images onto the backend's device as they arrive (no ROS).
 
 A live set's images arrive one after another over tens of milliseconds. Copying each to the GPU
-when it comes, on its camera's own CUDA stream through a pinned staging buffer, takes the
-host-to-device copy (16 x 5.3 MB a set at 1100 x 1604) off the reconstruction's path: the
+when it comes, on its camera's own CUDA stream through a ring of pinned staging buffers and
+without waiting for the copy, takes the host-to-device copy (16 x 5.3 MB a set at
+1100 x 1604) off the reconstruction's path: the
 network backends stack the set's device images
 (:func:`threer_ros.pipeline.network.prepare_network_images`) instead of stacking host arrays and
 copying them from pageable memory while the worker waits. Only the network backends on a GPU

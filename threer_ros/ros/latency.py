@@ -97,6 +97,23 @@ class ReconstructionLog:
         return [self.by_count[c] for c in sorted(self.by_count)]
 
 
+def memory_series(diagnostics: list) -> list[dict[str, float]]:
+    """The node's memory at every pipeline status of ``diagnostics`` (one a second, whatever
+    its sets): ``stamp_ns`` (the status's stamp, the node host's clock) and each ``*_mib``
+    value, oldest first; for memory over a long run."""
+    series = []
+    for array in diagnostics:
+        for status in array.status:
+            if status.name != PIPELINE_STATUS:
+                continue
+            point = {kv.key: float(kv.value) for kv in status.values
+                     if kv.key.endswith("_mib") and kv.value}
+            if point:
+                stamp = array.header.stamp
+                series.append({"stamp_ns": stamp.sec * 1_000_000_000 + stamp.nanosec, **point})
+    return series
+
+
 def summarize(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Median, minimum, maximum (seconds) and count of each value over ``samples``."""
     keys = dict.fromkeys(k for s in samples for k in s)
@@ -224,6 +241,9 @@ def run_latency(args: argparse.Namespace) -> int:
         session.probe.wait_for(lambda r: log.update(r.diagnostics) >= 0
                                and max(log.by_count, default=0) >= wanted, timeout=3.0)
         counters = _counters(session)
+        first_measured = arrivals[0][0] if arrivals else 0
+        memory = [m for m in memory_series(session.probe.recorded.diagnostics)
+                  if m["stamp_ns"] >= first_measured]
     stream = stream_report(arrivals, args.rate)
     samples = log.samples()
     warmup = [s for c, s in zip(sorted(log.by_count), samples) if c <= args.warmup]
@@ -248,6 +268,7 @@ def run_latency(args: argparse.Namespace) -> int:
                   "duration_s": args.duration, "stream": stream,
                   "node_counters": counters, "drift": drift,
                   "cloud_arrivals_ns": arrivals, "summary_s": summary, "samples_s": measured,
+                  "memory_series": memory,
                   "warmup_samples_s": warmup}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
