@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu_live.sh OUT_DIR BACKEND RATE[,RATE...] [raw|jpeg] [extra latency args...]
 #
-# writes OUT_DIR/live_<backend>_<rate>hz_<transport>.json per rate (docs/benchmarks.md).
+# writes OUT_DIR/node_gpu_<backend>_<rate>hz_<transport>.json per rate (docs/benchmarks.md, where
+# scripts/plot_live.py plots them), e.g. with `--warmup 5 --duration 15` (a soak: --duration 600).
 set -euo pipefail
 out="${1:?usage: gpu_live.sh OUT_DIR BACKEND RATES [raw|jpeg] [latency args]}"
 backend="${2:?backend}"
@@ -26,5 +27,5 @@ IFS=, read -ra each <<< "$rates"
 for rate in "${each[@]}"; do
   run latency --device cuda --backend "$backend" --param "checkpoint:=$checkpoint" \
     --width 1100 --working-width 512 --rate "$rate" "${compressed[@]}" \
-    --out "/tmp/threer_latency" --json "$out/live_${backend}_${rate}hz_${transport}.json" "$@"
+    --out "/tmp/threer_latency" --json "$out/node_gpu_${backend}_${rate}hz_${transport}.json" "$@"
 done
