@@ -496,17 +496,18 @@ class CaptureNode(LifecycleNode):
 
     def _take(self, camera: str, msg: Image | CompressedImage, stamp_ns: int,
               arrival: float) -> None:
-        """Decode and prepare one image, upload it to the GPU when this worker reconstructs
-        its set there, and give it to the synchroniser (on the executor thread for raw images,
-        on the camera's decoding thread for compressed ones)."""
+        """Decode and prepare one image, upload it to the GPU when the backend runs there, and
+        give it to the synchroniser (on the executor thread for raw images, on the camera's
+        decoding thread for compressed ones). Other workers' images never come here when the
+        sets are shared by trigger period (:meth:`_on_image`); shared by hashed stamps, a set's
+        owner is known only once it is complete, so every image is uploaded."""
         try:
             rgb = image_from_msg(msg, self.settings.image_bit_depth)
             frame = self._preparer.prepare(camera, rgb, stamp_ns, self._calibration(camera))
         except (ImageDecodeError, ValueError) as exc:
             self._reject(camera, type(exc).__name__, str(exc))
             return
-        if self._sharing.owns(stamp_ns):
-            frame = self._uploaded(frame)
+        frame = self._uploaded(frame)
         with self._intake_lock:
             for synced in self._sync.add(camera, stamp_ns, frame):
                 self._submit(synced, arrival)
