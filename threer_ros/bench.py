@@ -41,7 +41,8 @@ from threer_ros.cli import command_parser
 from threer_ros.models import build_model, compile_blocks, heads_to_float32
 from threer_ros.models.released import RELEASED
 from threer_ros.mvs_quality import add_arguments as add_mvs_quality_arguments
-from threer_ros.pipeline.network import float32_matmul
+from threer_ros.models.blocks import set_attention_dtype
+from threer_ros.pipeline.network import attention_dtype, float32_matmul
 
 #: Precision modes: name -> (parameter dtype, autocast dtype or None). ``bf16`` casts the
 #: weights; ``bf16-trunk`` too, but keeps the heads (and descriptors) in fp32, as
@@ -54,12 +55,14 @@ PRECISIONS = {"fp32": (torch.float32, None), "tf32": (torch.float32, None),
               "bf16-amp": (torch.float32, torch.bfloat16)}
 
 
-def _cast(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """``model`` with parameters in ``precision``'s dtype (:data:`PRECISIONS`), in place."""
+def _cast(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
+    """``model`` with parameters in ``precision``'s dtype (:data:`PRECISIONS`) and its
+    attention kernels in the dtype the node uses for it on ``device``
+    (:func:`~threer_ros.pipeline.network.attention_dtype`), in place."""
     model.to(dtype=PRECISIONS[precision][0])
     if precision == "bf16-trunk":
         heads_to_float32(model)
-    return model
+    return set_attention_dtype(model, attention_dtype(precision, device.type))
 
 
 #: ``--sdpa`` choices: the attention kernels ``F.scaled_dot_product_attention`` may use
@@ -169,7 +172,7 @@ def bench_model(name: str, dtype: str, views: int, pairs: int, height: int, widt
             model = build_model(RELEASED[name])
     else:
         model = load_model(checkpoint, device=device)
-    model = _cast(model, dtype).eval()
+    model = _cast(model, dtype, device).eval()
     if compiled:
         compile_blocks(model)
     g = torch.Generator().manual_seed(0)
@@ -251,7 +254,7 @@ def parity_errors(fixtures: Path, device: torch.device) -> list[dict]:
         for precision, (dtype, _) in PRECISIONS.items():
             if precision == "fp16":
                 continue
-            model = _cast(load_model(checkpoint, device=device), precision)
+            model = _cast(load_model(checkpoint, device=device), precision, device)
             for case in entry["cases"]:
                 data = np.load(fixtures / name / f"{case}.npz")
                 with _numerics(device, precision):

@@ -3,7 +3,8 @@
 Module and parameter names follow the official checkpoints (``qkv``, ``proj``, ``projq``,
 ``norm_y``, ``fc1`` ...) so released state dicts load with ``strict=True``. Attention runs
 through :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
-kernels on GPU) instead of an explicit softmax.
+kernels on GPU) instead of an explicit softmax; :func:`set_attention_dtype` lets float32 models
+run their attention kernels in bfloat16 (the ``tf32`` precision on CUDA).
 
 Token layout: ``(B, N, C)``; patch positions ``(B, N, 2)`` integer ``(row, column)`` patch
 coordinates, the order the 2D RoPE expects.
@@ -103,11 +104,26 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+           compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Scaled dot-product attention of ``(B, heads, N, D)`` queries, keys and values; with
+    ``compute_dtype`` (e.g. bfloat16 for float32 tokens) the kernel runs in that dtype and the
+    result comes back in the queries' dtype."""
+    if compute_dtype is None or compute_dtype == q.dtype:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    out = F.scaled_dot_product_attention(q.to(compute_dtype), k.to(compute_dtype),
+                                         v.to(compute_dtype), scale=scale)
+    return out.to(q.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with optional 2D RoPE on queries and keys.
 
-    ``scale`` overrides the softmax scale (default ``head_dim ** -0.5``).
+    ``scale`` overrides the softmax scale (default ``head_dim ** -0.5``); ``compute_dtype``
+    (:func:`set_attention_dtype`) is the dtype the attention kernel runs in (None: the tokens').
     """
+
+    compute_dtype: torch.dtype | None = None
 
     def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None,
                  qkv_bias: bool = True, scale: float | None = None) -> None:
@@ -125,11 +141,14 @@ class Attention(nn.Module):
         if self.rope is not None:
             q = self.rope(q, pos)
             k = self.rope(k, pos)
-        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v, scale=self.scale)))
+        return self.proj(merge_heads(attend(q, k, v, self.scale, self.compute_dtype)))
 
 
 class CrossAttention(nn.Module):
-    """Multi-head cross-attention (queries from ``x``, keys/values from ``memory``)."""
+    """Multi-head cross-attention (queries from ``x``, keys/values from ``memory``);
+    ``compute_dtype`` as :class:`Attention`'s."""
+
+    compute_dtype: torch.dtype | None = None
 
     def __init__(self, dim: int, num_heads: int, rope: RoPE2D | None = None,
                  qkv_bias: bool = True) -> None:
@@ -149,7 +168,16 @@ class CrossAttention(nn.Module):
         if self.rope is not None:
             q = self.rope(q, xpos)
             k = self.rope(k, mpos)
-        return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(merge_heads(attend(q, k, v, compute_dtype=self.compute_dtype)))
+
+
+def set_attention_dtype(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """Run every attention kernel of ``model`` in ``dtype`` (None: in the tokens' dtype), in
+    place; the projections around it keep the parameters' dtype."""
+    for module in model.modules():
+        if isinstance(module, (Attention, CrossAttention)):
+            module.compute_dtype = dtype
+    return model
 
 
 class Block(nn.Module):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from threer_ros.models.blocks import (Attention, CrossAttention, LayerNorm6, Mlp, PatchEmbed,
-                                      RoPE2D, make_rope, merge_heads, split_heads)
+                                      RoPE2D, attend, make_rope, merge_heads, split_heads)
 from threer_ros.models.dust3r import BACKBONE_DEFAULTS, decode_in_chunks, merged_arguments
 from threer_ros.models.heads import regress_confidence, tokens_to_map
 from threer_ros.models.orientation import (head_per_group, orientation_groups, per_group,
@@ -44,26 +44,28 @@ POW3R_DEFAULTS: dict[str, Any] = dict(mode="inject[]", head_type="linear",
 
 # --- attention with unrotated CLS tokens ----------------------------------------------------
 def _cls_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor,
-                   kpos: torch.Tensor, rope: RoPE2D | None, num_cls: int) -> torch.Tensor:
+                   kpos: torch.Tensor, rope: RoPE2D | None, num_cls: int,
+                   compute_dtype: torch.dtype | None) -> torch.Tensor:
     """Attention where only token-token scores use RoPE; scores involving the ``num_cls``
     leading CLS tokens use the unrotated queries and keys (Pow3R's formulation).
 
     Token queries take one SDPA call on vectors of twice the head width: a query is
     [rot q, q], a token key [rot k, 0] and a CLS key [0, k], so each dot product picks the
     right pair. The CLS queries see every key unrotated: a second, one-query-long SDPA call.
+    The kernels run in ``compute_dtype`` (:func:`~threer_ros.models.blocks.attend`).
     """
     scale = q.shape[-1] ** -0.5
     if rope is None:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return attend(q, k, v, scale, compute_dtype)
     if num_cls == 0:
-        return F.scaled_dot_product_attention(rope(q, qpos), rope(k, kpos), v, scale=scale)
+        return attend(rope(q, qpos), rope(k, kpos), v, scale, compute_dtype)
     qt, kc, kt = q[:, :, num_cls:], k[:, :, :num_cls], k[:, :, num_cls:]
     q_wide = torch.cat((rope(qt, qpos[:, num_cls:]), qt), -1)
     k_wide = torch.cat((torch.cat((torch.zeros_like(kc), kc), -1),
                         torch.cat((rope(kt, kpos[:, num_cls:]), torch.zeros_like(kt)), -1)),
                        dim=2)
-    tokens = F.scaled_dot_product_attention(q_wide, k_wide, v, scale=scale)
-    cls = F.scaled_dot_product_attention(q[:, :, :num_cls], k, v, scale=scale)
+    tokens = attend(q_wide, k_wide, v, scale, compute_dtype)
+    cls = attend(q[:, :, :num_cls], k, v, scale, compute_dtype)
     return torch.cat((cls, tokens), dim=2)
 
 
@@ -74,7 +76,8 @@ class ClsSelfAttention(Attention):
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads) \
             .permute(2, 0, 3, 1, 4).unbind(0)
-        return self.proj(merge_heads(_cls_attention(q, k, v, pos, pos, self.rope, num_cls)))
+        return self.proj(merge_heads(_cls_attention(q, k, v, pos, pos, self.rope, num_cls,
+                                                    self.compute_dtype)))
 
 
 class ClsCrossAttention(CrossAttention):
@@ -85,7 +88,8 @@ class ClsCrossAttention(CrossAttention):
         q = split_heads(self.projq(x), self.num_heads)
         k = split_heads(self.projk(memory), self.num_heads)
         v = split_heads(self.projv(memory), self.num_heads)
-        return self.proj(merge_heads(_cls_attention(q, k, v, xpos, mpos, self.rope, num_cls)))
+        return self.proj(merge_heads(_cls_attention(q, k, v, xpos, mpos, self.rope, num_cls,
+                                                    self.compute_dtype)))
 
 
 class EncoderBlock(nn.Module):

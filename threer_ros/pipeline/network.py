@@ -33,7 +33,8 @@ NETWORK_CLASSES = {
 
 
 #: ``precision`` values: name -> (trunk dtype, heads in float32). ``tf32`` is ``fp32`` whose
-#: matrix products run on TF32 tensor cores (CUDA; :func:`float32_matmul`).
+#: matrix products run on TF32 tensor cores and attention on bfloat16 ones (CUDA;
+#: :func:`float32_matmul`, :func:`attention_dtype`).
 PRECISIONS = {"fp32": (torch.float32, False), "tf32": (torch.float32, False),
               "bf16-trunk": (torch.bfloat16, True), "bf16": (torch.bfloat16, False),
               "fp16": (torch.float16, False)}
@@ -56,6 +57,13 @@ def float32_matmul(precision: str) -> Iterator[None]:
         torch.set_float32_matmul_precision(saved)
 
 
+def attention_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The dtype the attention kernels of a ``precision`` model run in on ``device``:
+    bfloat16 for ``tf32`` on CUDA (float32 attention has no tensor-core kernel; the official
+    Fast3R's fp32 mode does the same), else None (the tokens' own dtype)."""
+    return torch.bfloat16 if precision == "tf32" and device.startswith("cuda") else None
+
+
 def network_precision(precision: str, device: str) -> tuple[torch.dtype, bool]:
     """(trunk dtype, heads in float32) of ``precision``: ``auto`` is ``bf16-trunk`` on CUDA
     (encoder and decoder in bfloat16, the heads and MASt3R's descriptors in float32, as the
@@ -70,14 +78,16 @@ def network_precision(precision: str, device: str) -> tuple[torch.dtype, bool]:
 
 
 def set_precision(model: nn.Module, precision: str, device: str) -> nn.Module:
-    """``model`` cast to ``precision`` (:func:`network_precision`), in place."""
+    """``model`` cast to ``precision`` (:func:`network_precision`, :func:`attention_dtype`),
+    in place."""
     from threer_ros.models import heads_to_float32
+    from threer_ros.models.blocks import set_attention_dtype
 
     dtype, float_heads = network_precision(precision, device)
     model.to(dtype=dtype)
     if float_heads:
         heads_to_float32(model)
-    return model
+    return set_attention_dtype(model, attention_dtype(precision, device))
 
 
 def load_network(backend: str, settings: "NetworkSettings") -> nn.Module:

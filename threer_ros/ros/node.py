@@ -193,6 +193,7 @@ class CaptureNode(LifecycleNode):
         self._device = s.options.device
         self._reconstructor = None
         self._uploader: FrameUploader | None = None     # images to the GPU as they arrive
+        self._pair_batch = s.options.pair_batch   # pairs a batch the backend last reported
         self._warmup: Warmup | None = None      # the last configure's warm-up, if one ran
         self._warmup_note = ""                  # else why none ran
         self._comparison: Comparison | None = None
@@ -270,6 +271,7 @@ class CaptureNode(LifecycleNode):
         self._warm_up(reconstructor, options)
         with self._lock:
             self._reconstructor = reconstructor
+            self._pair_batch = options.pair_batch
         self._state = "inactive"
         self.get_logger().info(
             f"configured: backend {s.backend!r} on {options.device}, {len(s.cameras)} cameras "
@@ -763,8 +765,20 @@ class CaptureNode(LifecycleNode):
         self.get_logger().info(
             f"published {published} points from {len(recon.cameras)} cameras; "
             + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in recon.timings_s.items()))
+        self._warn_lowered_pair_batch(recon)
         if item[2] is not None:
             item[2].set_result(published)
+
+    def _warn_lowered_pair_batch(self, recon: Reconstruction) -> None:
+        """Say when a pairwise backend lowered its ``pair_batch`` after the GPU ran out of
+        memory (it keeps the lower one for every later set)."""
+        used = recon.info.get("pair_batch")
+        if used is None or int(used) >= self._pair_batch:
+            return
+        self.get_logger().warning(
+            f"the GPU ran out of memory decoding {self._pair_batch} pairs a batch; the backend "
+            f"now decodes {int(used)} (set pair_batch:={int(used)} to start there)")
+        self._pair_batch = int(used)
 
     def _publish_frames(self, recon: Reconstruction, header: Header) -> TFMessage:
         """Camera frames ``output_frame -> frame`` at the set's stamp: latched on
