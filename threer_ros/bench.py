@@ -48,7 +48,7 @@ from threer_ros.pipeline.network import attention_dtype, float32_matmul
 #: weights; ``bf16-trunk`` too, but keeps the heads (and descriptors) in fp32, as
 #: ``precision: auto`` runs on CUDA; ``bf16-amp`` keeps fp32 weights and runs matrix products
 #: in bf16 under autocast; ``tf32`` keeps fp32 weights and runs matrix products on TF32
-#: tensor cores (the node's ``precision: tf32``).
+#: tensor cores and, on CUDA, the attention kernels in bf16 (the node's ``precision: tf32``).
 PRECISIONS = {"fp32": (torch.float32, None), "tf32": (torch.float32, None),
               "bf16": (torch.bfloat16, None),
               "bf16-trunk": (torch.bfloat16, None), "fp16": (torch.float16, None),

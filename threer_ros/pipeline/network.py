@@ -182,8 +182,8 @@ class NetworkSettings:
         checkpoint: Weights file or folder ("" = the cached released weights).
         image_size: Long side of the network images in pixels (512 for the released models).
         precision: ``auto`` (CUDA: ``bf16-trunk``; CPU: ``fp32``), ``fp32``, ``tf32`` (fp32
-            with TF32 matrix products), ``bf16-trunk`` (heads in fp32), ``bf16`` or ``fp16``
-            (:func:`network_precision`).
+            with TF32 matrix products and, on CUDA, bf16 attention), ``bf16-trunk`` (heads
+            in fp32), ``bf16`` or ``fp16`` (:func:`network_precision`).
         use_calibration: Use known intrinsics/extrinsics (priors, Sim(3) into the rig frame).
         alignment: ``fast`` keeps calibrated poses fixed and fits only depth scales; ``full``
             estimates every pose and then fits a Sim(3) to the calibration; ``auto`` is
