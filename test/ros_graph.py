@@ -154,15 +154,16 @@ TEST_PARAMETERS = {"backend": "mvs", "device": "cpu", "min_cameras": "12", "max_
 def capture_graph(rig: SyntheticRig, domain_id: int, parameters: Mapping[str, str],
                   env: Mapping[str, str] | None = None,
                   driver_topics: Mapping[str, object] | None = None,
-                  probe_topics: Mapping[str, str] | None = None) -> Iterator[Graph]:
+                  probe_topics: Mapping[str, str] | None = None,
+                  node_command: Sequence[str] = CAPTURE_NODE) -> Iterator[Graph]:
     """Start the capture node (``parameters`` over :data:`TEST_PARAMETERS` and the rig's
-    width), a :class:`RigDriver` (``driver_topics``: its keyword arguments) and an
-    :class:`OutputProbe` (``probe_topics``: its topic arguments); wait until the node
-    publishes diagnostics and, unless it waits for lifecycle transitions (``autostart:
-    false``), subscribes to every camera. Everything is stopped on exit."""
+    width; ``node_command`` starts it), a :class:`RigDriver` (``driver_topics``: its keyword
+    arguments) and an :class:`OutputProbe` (``probe_topics``: its topic arguments); wait until
+    the node publishes diagnostics and, unless it waits for lifecycle transitions
+    (``autostart: false``), subscribes to every camera. Everything is stopped on exit."""
     width = rig.views[0].image.shape[1]
     settings = {**TEST_PARAMETERS, "working_width": str(width), **parameters}
-    with running([*CAPTURE_NODE, *node_arguments(settings)], domain_id, env=env) as node, \
+    with running([*node_command, *node_arguments(settings)], domain_id, env=env) as node, \
             SpinningNodes(domain_id) as ros:
         driver = ros.add(RigDriver(rig, ros.context, **(driver_topics or {})))
         probe = ros.add(OutputProbe(**(probe_topics or {}), context=ros.context))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +21,9 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="the ROS layer needs rclpy (make test installs it)")
 
 from builtin_interfaces.msg import Time  # noqa: E402
+from rcl_interfaces.msg import Log  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 
@@ -283,6 +288,55 @@ def test_mast3r_with_a_checkpoint_runs_through_the_node(alignment, tmp_path):
         if alignment == "full":       # the calibration check is reported to the operator
             assert float(values["pose_rotation_max_deg"]) >= 0
         assert graph.node.poll() is None
+
+
+class LogLines(Node):
+    """The log lines of every node (``/rosout``, whose lines of the last seconds are kept for
+    late subscribers), as ``rqt_console`` shows them."""
+
+    def __init__(self, context) -> None:
+        super().__init__("log_lines", context=context)
+        self._lines: list[tuple[int, str, str]] = []       # (level, node name, message)
+        self._lock = threading.Lock()
+        self.create_subscription(Log, "/rosout", self._on_log, QoSProfile(
+            depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+
+    def _on_log(self, msg: Log) -> None:
+        with self._lock:
+            self._lines.append((int(msg.level), msg.name, msg.msg))
+
+    def lines(self) -> list[tuple[int, str, str]]:
+        with self._lock:
+            return list(self._lines)
+
+
+def test_a_gpu_out_of_memory_lowers_pair_batch_the_node_says_so_and_the_set_still_comes(
+        tmp_path):
+    """On a GPU that decodes only 2 pairs at once (the real MASt3R network, whose head raises
+    CUDA's out-of-memory error for larger batches: ``small_gpu_node.py``), a node started with
+    ``pair_batch`` 8 still publishes the set's cloud, reports the batch it now uses and warns
+    the operator once, with the value to configure."""
+    rig = SyntheticRig.render(seed=5, width=64, names=CAMERAS)
+    params = dict(NETWORK_PARAMS, backend="mast3r", alignment="fast", pair_batch="8",
+                  checkpoint=str(PARITY / "mast3r" / "checkpoint.pth"),
+                  rig_calibration=_calibration_file(rig, tmp_path))
+    small_gpu = (sys.executable, str(Path(__file__).with_name("small_gpu_node.py")))
+    with capture_graph(rig, ros_domain("test_node:own graph"), params, node_command=small_gpu,
+                       env={"THREER_TEST_PAIRS_THAT_FIT": "2"}) as graph:
+        log = graph.ros.add(LogLines(graph.ros.context))
+        warned: list[str] = []
+
+        def warning_seen(_recorded) -> bool:
+            warned[:] = [m for level, name, m in log.lines()
+                         if level == Log.WARN and "ran out of memory" in m]
+            return bool(warned) and graph.reconstructions() > 0
+        assert graph.publish_until(lambda: graph.driver.publish_set(20_000_000_000),
+                                   warning_seen)
+        _finite_cloud(graph)
+        assert graph.pipeline()["pair_batch"] == "2"
+        assert warned == ["the GPU ran out of memory decoding 8 pairs a batch; the backend now "
+                          "decodes 2 (set pair_batch:=2 to start there)"]
+        assert graph.reconstructions() > 0 and graph.node.poll() is None
 
 
 def test_estimated_camera_poses_go_on_tf_with_the_sets_stamp():
