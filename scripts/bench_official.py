@@ -123,7 +123,7 @@ def bench_mast3r(args: argparse.Namespace, paths: list[str], device: torch.devic
     import scipy.cluster.hierarchy
     import scipy.spatial.distance
 
-    if not hasattr(scipy.cluster.hierarchy, "distance"):   # alias gone from recent SciPy
+    if not hasattr(scipy.cluster.hierarchy, "distance"):   # an alias some SciPy lack
         scipy.cluster.hierarchy.distance = scipy.spatial.distance
     from mast3r.cloud_opt import sparse_ga
     from mast3r.image_pairs import make_pairs
