@@ -73,8 +73,9 @@ def test_depth_cleaning_drops_floaters_and_keeps_the_surface(rig, truth):
     """MASt3R's full alignment on a calibrated rig cleans its depth maps as the official demo
     does (``clean_depth: calibrated``, the default): on realistic answers (flying pixels at
     silhouettes, confident garbage before the backdrop) the cloud's mean error must drop, its
-    median must not rise and its completeness at 5 mm must stay within a point. The cloud is on the calibrated cameras
-    here, so a short alignment (only the calibration check uses it) is enough."""
+    median must not rise and its completeness at 5 mm must stay within a point. The cloud is
+    on the calibrated cameras here, so a short alignment (only the calibration check uses it)
+    is enough."""
     frames = rig.frame_set(0)
     images = prepare_network_images(frames, SIZE, "cpu")
     rows, infos = {}, {}

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from threer_ros.pipeline.backends import NETWORK_BACKENDS
+
 #: Radius (metres) about the rig origin inside which points are scored (the head is ~0.25 m).
 VOLUME_RADIUS = 0.3
 #: The focal-length errors of the default grid.
 FOCAL_ERRORS = (0.0, 0.03, 0.05, 0.10)
-NETWORK_BACKENDS = ("fast3r", "mast3r", "pow3r")
 
 
 @dataclass(frozen=True)

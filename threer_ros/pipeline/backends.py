@@ -22,6 +22,10 @@ BACKENDS = {
              "threer-ros weights download pow3r)",
 }
 
+#: The backends that run a network (all but ``mvs``): they take their images through
+#: ``prepare_network_images`` at the network's size, and need weights.
+NETWORK_BACKENDS = frozenset({"fast3r", "mast3r", "pow3r"})
+
 #: Backend name -> "module:class" of its reconstructor (imported when chosen).
 _IMPLEMENTATIONS = {
     "mvs": "threer_ros.pipeline.mvs:PlaneSweepReconstructor",

@@ -19,17 +19,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from threer_ros.pipeline.backends import NETWORK_BACKENDS
 from threer_ros.pipeline.types import Frame, FrameSet
-
-#: Backends that take their images through ``prepare_network_images`` (``mvs`` shrinks the
-#: host images to its working width first).
-NETWORK_BACKENDS = frozenset({"fast3r", "mast3r", "pow3r"})
 
 
 def upload_device(backends: Sequence[str], device: str) -> str | None:
     """The device to upload arriving images to for ``backends`` running on the resolved
     ``device``: ``device`` when it is a GPU and every backend is a network backend, else
-    None (nothing to gain: the CPU, or ``mvs``)."""
+    None (nothing to gain: the CPU, or ``mvs``, which shrinks the host images to its working
+    width first)."""
     if device.startswith("cuda") and backends and set(backends) <= NETWORK_BACKENDS:
         return device
     return None

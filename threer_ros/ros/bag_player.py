@@ -168,11 +168,6 @@ class BagPlayer:
                 return False
         return True
 
-    @property
-    def publishers(self) -> list[Publisher]:
-        """The publishers of the replayed topics."""
-        return [publisher for _, publisher in self._publishers.values()]
-
     def play(self, stop: threading.Event) -> PlaybackStats:
         """Publish the window (repeatedly with ``loop``) until done or ``stop`` is set.
 

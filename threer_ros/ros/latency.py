@@ -18,8 +18,8 @@ does), then measures two things:
 The first ``--warmup`` clouds (CUDA start-up, compilation) are left out and the next ``--sets``
 measured (or, with ``--duration``, every cloud of that many seconds: a soak); the report is a
 table and optionally JSON (with every cloud's stamp and receipt time, for latency-over-time
-plots, and the node's memory at every status). ``--compressed`` has the rig send JPEG ``CompressedImage``;
-``--workers N`` starts N capture nodes that share the sets (one per GPU).
+plots, and the node's memory at every status). ``--compressed`` has the rig send JPEG
+``CompressedImage``; ``--workers N`` starts N capture nodes that share the sets (one per GPU).
 """
 
 from __future__ import annotations

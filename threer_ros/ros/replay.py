@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.publisher import Publisher
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -88,12 +87,6 @@ class SyntheticRigPublisher(Node):
                 image_msg, info_msg))
         self.create_timer(1.0 / rate_hz, self._trigger)
 
-    @property
-    def publishers(self) -> list[Publisher]:
-        """The image and CameraInfo publishers."""
-        return [pub for image_pub, info_pub, _, _ in self._cameras
-                for pub in (image_pub, info_pub) if pub is not None]
-
     def _trigger(self) -> None:
         if self._remaining is not None and self._remaining <= 0:
             self.done.set()
@@ -117,10 +110,10 @@ class SyntheticRigPublisher(Node):
 DELIVERY_TIMEOUT_S = 10.0
 
 
-def _deliver_before_ending(node: Node, publishers: list[Publisher]) -> None:
-    """Let reliable subscribers acknowledge the last messages before a finite replay ends;
-    warn when they have not after :data:`DELIVERY_TIMEOUT_S`."""
-    if not wait_for_delivery(publishers, DELIVERY_TIMEOUT_S):
+def _deliver_before_ending(node: Node) -> None:
+    """Let reliable subscribers acknowledge the last messages of every publisher of ``node``
+    before a finite replay ends; warn when they have not after :data:`DELIVERY_TIMEOUT_S`."""
+    if not wait_for_delivery(node.publishers, DELIVERY_TIMEOUT_S):
         node.get_logger().warning(
             f"some subscribers had not acknowledged every message after {DELIVERY_TIMEOUT_S:g} "
             "s; ending anyway (they may miss the last ones)")
@@ -151,7 +144,7 @@ def _run_synthetic(args: argparse.Namespace) -> int:
             seed=args.seed, context=ros.context))
         ros.wait(node.done)
         if node.done.is_set():          # all --count sets sent (not Ctrl-C)
-            _deliver_before_ending(node, node.publishers)
+            _deliver_before_ending(node)
     return 0
 
 
@@ -179,7 +172,7 @@ def _run_bag(args: argparse.Namespace) -> int:
         node.get_logger().info(f"published {stats.published} messages in {stats.passes} "
                                f"pass(es); at most {stats.max_lateness_s * 1e3:.1f} ms late")
         if not stop.is_set():
-            _deliver_before_ending(node, player.publishers)
+            _deliver_before_ending(node)
     return 0
 
 
