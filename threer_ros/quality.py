@@ -97,10 +97,12 @@ def score(recon, true_K: np.ndarray, true_poses: np.ndarray, truth: np.ndarray,
 
 
 def run_grid(backends, alignments, focal_errors, cameras: int = 8, size: int = 128,
-             seed: int = 0, iterations: int = 300, device: str = "cpu") -> list[QualityRow]:
+             seed: int = 0, iterations: int = 300, device: str = "cpu",
+             shared_focal: bool = False) -> list[QualityRow]:
     """Every backend x alignment (``fast``, ``full``, or ``none``: full without the
     calibration) x focal error on one synthetic rig (images twice the network size, so that
-    the network sees downscaled frames as with a real camera)."""
+    the network sees downscaled frames as with a real camera); ``shared_focal`` as the node
+    parameter."""
     from threer_ros.data.synthetic import SyntheticRig
     from threer_ros.pipeline.backends import BackendOptions
     from threer_ros.pipeline.network import prepare_network_images
@@ -117,7 +119,8 @@ def run_grid(backends, alignments, focal_errors, cameras: int = 8, size: int = 1
                 options = BackendOptions(device=device, network_size=size,
                                          alignment="full" if alignment == "none" else alignment,
                                          use_calibration=alignment != "none",
-                                         alignment_iterations=iterations)
+                                         alignment_iterations=iterations,
+                                         shared_focal=shared_focal)
                 perturbation = realistic(seed, focal_error=error,
                                          focal_spread=0.01 if error else 0.0)
                 recon = oracle_backend(backend, frames, options, perturbation) \
@@ -187,9 +190,10 @@ def run(args: argparse.Namespace, device: str) -> int:
     print(TABLE_HEADER, flush=True)
     rows = run_grid([b for b in args.backends if b in NETWORK_BACKENDS], args.alignments,
                     args.focal_errors, args.cameras[0], args.network_size, args.seed,
-                    args.iterations, device)
+                    args.iterations, device, args.shared_focal)
     if args.json:
-        args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=1))
+        args.json.write_text(json.dumps({"shared_focal": args.shared_focal,
+                                         "rows": [asdict(r) for r in rows]}, indent=1))
     if args.plot:
         before = None
         if args.before:

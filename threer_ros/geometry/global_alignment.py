@@ -74,11 +74,14 @@ class AlignmentSettings:
             :data:`DENSE_LR_MIN`).
         compile: ``torch.compile`` the losses (forward and backward fused into a few kernels
             per step; each new problem shape compiles once per process, tens of seconds).
+        shared_focal: One focal length for every view (rigs of identical cameras and
+            lenses), starting at the geometric mean of the initial ones.
     """
 
     iterations: int = 300
     lr: float = 0.01
     compile: bool = False
+    shared_focal: bool = False
 
 
 @dataclass
@@ -278,17 +281,19 @@ class CameraState(NamedTuple):
 
 
 class CameraParameters(torch.nn.Module):
-    """Optimisable poses (quaternion, translation), log focal and per-pixel log depth of N
-    views."""
+    """Optimisable poses (quaternion, translation), log focal (one per view, or one shared
+    by all: ``(1,)``) and per-pixel log depth of N views."""
 
-    def __init__(self, init: ViewEstimate, optimise_focal: bool, log_depth: torch.Tensor
-                 ) -> None:
+    def __init__(self, init: ViewEstimate, optimise_focal: bool, log_depth: torch.Tensor,
+                 shared_focal: bool = False) -> None:
         super().__init__()
         self.quat = torch.nn.Parameter(rotation_to_quaternion(init.cam_to_world[:, :3, :3])
                                        .float())
         self.trans = torch.nn.Parameter(init.cam_to_world[:, :3, 3].float())
-        self.log_focal = torch.nn.Parameter(init.focal.float().log(),
-                                            requires_grad=optimise_focal)
+        log_focal = init.focal.float().log()
+        if shared_focal:
+            log_focal = log_focal.mean().reshape(1)
+        self.log_focal = torch.nn.Parameter(log_focal, requires_grad=optimise_focal)
         self.log_depth = torch.nn.Parameter(log_depth)
         self.principal_point = init.principal_point.float()
 
@@ -302,7 +307,8 @@ class CameraParameters(torch.nn.Module):
         poses = torch.eye(4, dtype=torch.float64, device=depth.device).repeat(len(depth), 1, 1)
         poses[:, :3, :3] = quaternion_to_rotation(self.quat.detach()).double()
         poses[:, :3, 3] = self.trans.detach().double()
-        return ViewEstimate(poses, self.log_focal.detach().exp().double(), depth.detach(),
+        focal = self.log_focal.detach().exp().double().expand(len(depth)).clone()
+        return ViewEstimate(poses, focal, depth.detach(),
                             confidence, self.principal_point.double())
 
 
@@ -323,7 +329,8 @@ def _dense_loss(cams: CameraState, pair_quat: torch.Tensor, pair_trans: torch.Te
     """Weighted distance between ``S_e`` applied to the pairs' pointmaps and the views'
     back-projected depths, summed over all pairs and divided by their total pixel count, as
     the official aligner normalises it (pair log scales centred)."""
-    world = _back_project(cams.log_depth.exp(), cams.log_focal.exp(), cams.principal_point,
+    focal = cams.log_focal.exp().expand(len(cams.log_depth))
+    world = _back_project(cams.log_depth.exp(), focal, cams.principal_point,
                           quaternion_to_rotation(cams.quat), cams.trans)
     scale = (pair_log_scale - pair_log_scale.mean()).exp()
     rot = quaternion_to_rotation(pair_quat)
@@ -353,7 +360,8 @@ def refine_dense(pred: PairPredictions, init: ViewEstimate, settings: AlignmentS
     init = ViewEstimate(torch.cat([init.cam_to_world[:, :3], init.cam_to_world[:, 3:]], 1),
                         init.focal, init.depth / gauge, init.confidence, init.principal_point)
     init.cam_to_world[:, :3, 3] /= gauge
-    cams = CameraParameters(init, optimise_focal, init.depth.float().log())
+    cams = CameraParameters(init, optimise_focal, init.depth.float().log(),
+                            settings.shared_focal and optimise_focal)
     pair_quat = torch.nn.Parameter(rotation_to_quaternion(R).float())
     pair_trans = torch.nn.Parameter((t / gauge).float())
     pair_log_scale = torch.nn.Parameter((s / gauge).float().log())

@@ -72,9 +72,13 @@ class SparseSettings:
     """Settings of the sparse alignment (defaults: the official demo's).
 
     Attributes:
-        subsample: Anchor block size and matching seed stride (pixels); None (the default):
+        subsample: Matching seed stride (pixels), and the anchor block size unless
+            ``anchor_block`` is set (officially both are ``subsample``); None (the default):
             with known focal lengths :func:`scaled_subsample` of the network images (ours),
             without them 8 (official, at any size; docs/backends.md).
+        anchor_block: Anchor block size (pixels); None: 1 with ``shared_focal`` and unknown
+            focal lengths (every pixel's depth its own unknown; only matched pixels move),
+            else as ``subsample`` (docs/backends.md).
         coarse_lr, coarse_iterations, coarse_gamma: The 3D stage.
         fine_lr, fine_iterations, fine_gamma: The 2D stage.
         fallback_gamma, fallback_weight: The regression loss of pairs without usable matches.
@@ -90,10 +94,14 @@ class SparseSettings:
         match_tolerance: A match is kept when its pair's own pointmaps put its two points within
             this fraction of the pair's median depth of each other (official: no such filter,
             0; ours: 0.02, docs/backends.md).
+        shared_focal: One focal length for every view (the official ``shared_intrinsics``,
+            for rigs of identical cameras and lenses), starting at the canonical focals'
+            mean weighted by the views' mean confidence.
         compile: ``torch.compile`` the losses.
     """
 
     subsample: int | None = None
+    anchor_block: int | None = None
     coarse_lr: float = 0.07
     coarse_iterations: int = 300
     coarse_gamma: float = 1.5
@@ -108,16 +116,25 @@ class SparseSettings:
     optimise_principal_point: bool = False
     optimise_depth: bool = True
     match_tolerance: float = 0.02
+    shared_focal: bool = False
     compile: bool = False
 
     def block(self, height: int, width: int, focal_known: bool) -> int:
-        """The anchor block size and seed stride (pixels) for ``height`` x ``width``
-        network images, with or without known focal lengths (finer anchors remove the
-        anchor model's depth errors from the poses, but with free focals they also let the
-        focals drift: docs/backends.md)."""
+        """The matching seed stride (pixels) for ``height`` x ``width`` network images, with
+        or without known focal lengths (finer anchors remove the anchor model's depth errors
+        from the poses, but with free focals they also let the focals drift:
+        docs/backends.md)."""
         if self.subsample is not None:
             return self.subsample
         return scaled_subsample(height, width) if focal_known else OFFICIAL_SUBSAMPLE
+
+    def anchors(self, height: int, width: int, focal_known: bool) -> int:
+        """The anchor block size (pixels) for ``height`` x ``width`` network images."""
+        if self.anchor_block is not None:
+            return self.anchor_block
+        if self.shared_focal and not focal_known:
+            return 1
+        return self.block(height, width, focal_known)
 
 
 class Gamma(NamedTuple):
@@ -260,7 +277,8 @@ class _Fixed(NamedTuple):
 
 class _Unknowns(NamedTuple):
     """The optimised tensors: relative ``quat`` ``(N, 4)`` (x, y, z, w) and ``trans``
-    ``(N, 3)`` of the chain, ``log_size`` ``(N,)``, ``log_focal`` ``(N,)``, ``principal``
+    ``(N, 3)`` of the chain, ``log_size`` ``(N,)``, ``log_focal`` ``(N,)`` (``(1,)`` when
+    shared), ``principal``
     ``(N, 2)`` as a fraction of the image size, ``depth`` ``(N, A)`` anchor depths over the
     view's median."""
 
@@ -288,6 +306,7 @@ def _cameras(x: _Unknowns, fixed: _Fixed) -> _Cameras:
     """World cameras from the chain parameters (module docstring, step 2)."""
     focal = x.log_focal.exp().clamp(fixed.focal_clamp[0], fixed.focal_clamp[1])
     size = x.log_size.exp()
+    focal = focal.expand_as(size)               # a shared focal length is one value
     scale = 1 / size.min()
     plane = size * fixed.median * focal / fixed.base_focal     # depth of the median plane
     rotation, trans = quaternion_to_rotation(x.quat), x.trans
@@ -460,7 +479,7 @@ def sparse_global_alignment(pred: PairPredictions, matches: Correspondences, n: 
     """
     _, H, W, _ = pred.points1.shape
     known = focal is not None
-    s = settings.block(H, W, known)
+    s = settings.anchors(H, W, known)
     dev = pred.points1.device
     matches = consistent_matches(pred, matches, settings.match_tolerance)
     centre = torch.tensor([(W - 1) / 2, (H - 1) / 2], device=dev)
@@ -489,7 +508,11 @@ def sparse_global_alignment(pred: PairPredictions, matches: Correspondences, n: 
     quat = torch.nn.Parameter(torch.tensor([0.0, 0, 0, 1], device=dev).repeat(n, 1))
     trans = torch.nn.Parameter(torch.zeros(n, 3, device=dev))
     log_size = torch.nn.Parameter(torch.zeros(n, device=dev))
-    log_focal = torch.nn.Parameter(base_focal.log(), requires_grad=False)
+    start = base_focal
+    if settings.shared_focal and not known:
+        weight = canon.confidence.flatten(1).mean(1)
+        start = (weight @ base_focal / weight.sum()).reshape(1)
+    log_focal = torch.nn.Parameter(start.log(), requires_grad=False)
     principal = torch.nn.Parameter((principal_point.float() / size).clone(),
                                    requires_grad=False)
     depth = torch.nn.Parameter(core / median[:, None], requires_grad=False)

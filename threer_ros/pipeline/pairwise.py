@@ -139,10 +139,12 @@ class PairSettings:
         (the rest at their defaults)."""
         return cls(options.pair_graph, options.graph_neighbours, options.pair_batch,
                    replace(AlignmentSettings(), iterations=options.alignment_iterations,
-                           lr=options.alignment_lr, compile=options.compile_alignment),
+                           lr=options.alignment_lr, compile=options.compile_alignment,
+                           shared_focal=options.shared_focal),
                    replace(SparseSettings(), coarse_iterations=options.alignment_iterations,
                            fine_iterations=options.alignment_iterations,
-                           compile=options.compile_alignment),
+                           compile=options.compile_alignment,
+                           shared_focal=options.shared_focal),
                    pose_priors=options.pose_priors, clean_depth=options.clean_depth)
 
 
