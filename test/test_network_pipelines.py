@@ -132,6 +132,20 @@ def test_pairwise_full_alignment_recovers_poses_and_cloud(rig, truth, cls, calib
            completeness=0.9)
 
 
+def test_pow3r_full_alignment_with_a_shared_focal_gives_the_rig_one_focal(rig, truth):
+    """``shared_focal``: one focal length for all cameras (the synthetic rig's are identical),
+    estimated without calibration; poses and cloud as with a focal per camera."""
+    frames = rig.frame_set(7)
+    recon = _pairwise(Pow3RReconstructor, _uncalibrated(frames), frames, NOISY,
+                      AlignmentSettings(iterations=100, shared_focal=True), alignment="full",
+                      use_calibration=False)
+    focal = recon.intrinsics[:, 0, 0]
+    true = prepare_network_images(frames, SIZE, "cpu").intrinsics[:, 0, 0]
+    assert np.ptp(focal) < 1e-6 * focal[0] and abs(focal[0] / true[0] - 1) < 0.02, focal
+    _check(recon, rig, truth, rotation_deg=1.0, centre_m=0.01, median_m=0.006,
+           completeness=0.9)
+
+
 @pytest.mark.parametrize("cls", [Pow3RReconstructor])
 def test_compiled_alignment_finds_the_same_cameras(rig, cls):
     """``compile_alignment`` changes speed, not results: dense (Pow3R) alignment with

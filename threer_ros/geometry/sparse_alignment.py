@@ -8,7 +8,8 @@ pairs' correspondences (:func:`threer_ros.geometry.matching.four_way_matches`).
    weights ``conf - 0.999``. Its depth is then carried by *anchors*, one per ``subsample``
    block of pixels (at the block's pixel ``(s // 2, s // 2)``; officially 8 px at any size;
    ours with known focal lengths: the same fraction of the image as 8 px of the official
-   512 px, :func:`scaled_subsample`); every other pixel keeps a fixed depth ratio to its
+   512 px, :func:`scaled_subsample`; with one unknown focal shared by all views: every
+   pixel, ``SparseSettings.anchor_block``); every other pixel keeps a fixed depth ratio to its
    block's anchor, from the confidence-weighted mean over the pairs of the angle between the
    pixel's and the anchor's points ("avg-angle"). The focal length is the
    Weiszfeld estimate from the canonical pointmap (the official code clamps it to 0.5-3.5
@@ -74,8 +75,8 @@ class SparseSettings:
     Attributes:
         subsample: Matching seed stride (pixels), and the anchor block size unless
             ``anchor_block`` is set (officially both are ``subsample``); None (the default):
-            with known focal lengths :func:`scaled_subsample` of the network images (ours),
-            without them 8 (official, at any size; docs/backends.md).
+            with known or shared focal lengths :func:`scaled_subsample` of the network images
+            (ours), with a focal per view 8 (official, at any size; docs/backends.md).
         anchor_block: Anchor block size (pixels); None: 1 with ``shared_focal`` and unknown
             focal lengths (every pixel's depth its own unknown; only matched pixels move),
             else as ``subsample`` (docs/backends.md).
@@ -122,11 +123,13 @@ class SparseSettings:
     def block(self, height: int, width: int, focal_known: bool) -> int:
         """The matching seed stride (pixels) for ``height`` x ``width`` network images, with
         or without known focal lengths (finer anchors remove the anchor model's depth errors
-        from the poses, but with free focals they also let the focals drift:
+        from the poses, but with a free focal per view they also let the focals drift:
         docs/backends.md)."""
         if self.subsample is not None:
             return self.subsample
-        return scaled_subsample(height, width) if focal_known else OFFICIAL_SUBSAMPLE
+        if focal_known or self.shared_focal:
+            return scaled_subsample(height, width)
+        return OFFICIAL_SUBSAMPLE
 
     def anchors(self, height: int, width: int, focal_known: bool) -> int:
         """The anchor block size (pixels) for ``height`` x ``width`` network images."""
