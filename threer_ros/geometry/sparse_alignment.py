@@ -122,9 +122,9 @@ class SparseSettings:
 
     def block(self, height: int, width: int, focal_known: bool) -> int:
         """The matching seed stride (pixels) for ``height`` x ``width`` network images, with
-        or without known focal lengths (finer anchors remove the anchor model's depth errors
-        from the poses, but with a free focal per view they also let the focals drift:
-        docs/backends.md)."""
+        known, shared or per-view focal lengths (finer seeds and anchors remove the anchor
+        model's depth errors from the poses, but with a free focal per view they also let
+        the focals drift: docs/backends.md)."""
         if self.subsample is not None:
             return self.subsample
         if focal_known or self.shared_focal:
@@ -281,9 +281,8 @@ class _Fixed(NamedTuple):
 class _Unknowns(NamedTuple):
     """The optimised tensors: relative ``quat`` ``(N, 4)`` (x, y, z, w) and ``trans``
     ``(N, 3)`` of the chain, ``log_size`` ``(N,)``, ``log_focal`` ``(N,)`` (``(1,)`` when
-    shared), ``principal``
-    ``(N, 2)`` as a fraction of the image size, ``depth`` ``(N, A)`` anchor depths over the
-    view's median."""
+    shared), ``principal`` ``(N, 2)`` as a fraction of the image size, ``depth`` ``(N, A)``
+    anchor depths over the view's median."""
 
     quat: torch.Tensor
     trans: torch.Tensor
