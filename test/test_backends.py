@@ -38,6 +38,18 @@ def test_mvs_depth_range_comes_from_the_parameters():
         make_reconstructor("mvs", BackendOptions(device="cpu", mvs_depth_range=[2.0, 0.5]))
 
 
+def test_shared_focal_reaches_both_full_alignments_from_the_parameters():
+    """``shared_focal`` (off in config/capture.yaml, as upstream) set on the node reaches
+    MASt3R's sparse and Pow3R's dense alignment."""
+    from threer_ros.pipeline.pairwise import PairSettings
+    from threer_ros.config import read_parameters
+
+    assert read_parameters()["shared_focal"] is False
+    for shared in (False, True):
+        pairs = PairSettings.from_options(BackendOptions(device="cpu", shared_focal=shared))
+        assert pairs.sparse.shared_focal is shared and pairs.alignment.shared_focal is shared
+
+
 def test_confidence_follows_each_backends_official_rule_unless_a_threshold_is_given():
     options = BackendOptions(device="cpu")
     assert options.fusion_settings("pow3r").confidence_threshold == 3.0
