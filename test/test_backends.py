@@ -39,12 +39,12 @@ def test_mvs_depth_range_comes_from_the_parameters():
 
 
 def test_shared_focal_reaches_both_full_alignments_from_the_parameters():
-    """``shared_focal`` (off in config/capture.yaml, as upstream) set on the node reaches
-    MASt3R's sparse and Pow3R's dense alignment."""
+    """``shared_focal`` (on in config/capture.yaml and in the options; off upstream) set on
+    the node reaches MASt3R's sparse and Pow3R's dense alignment."""
     from threer_ros.pipeline.pairwise import PairSettings
     from threer_ros.config import read_parameters
 
-    assert read_parameters()["shared_focal"] is False
+    assert read_parameters()["shared_focal"] is True and BackendOptions().shared_focal
     for shared in (False, True):
         pairs = PairSettings.from_options(BackendOptions(device="cpu", shared_focal=shared))
         assert pairs.sparse.shared_focal is shared and pairs.alignment.shared_focal is shared

@@ -8,6 +8,8 @@ degrees, camera centres and cloud accuracy in metres (the head is ~0.2 m across,
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from threer_ros.data.synthetic import SyntheticRig
 from threer_ros.geometry.fusion import FusionSettings, accuracy_completeness
 from threer_ros.geometry.global_alignment import AlignmentSettings
 from threer_ros.geometry.registration import align_to_reference, pose_disagreement
+from threer_ros.geometry.sparse_alignment import SparseSettings
 from threer_ros.pipeline.fast3r import Fast3RReconstructor
 from threer_ros.pipeline.network import NetworkSettings, prepare_network_images
 from threer_ros.pipeline.oracle import (HEAD_CONFIDENCE, OracleFast3R, OraclePairNetwork,
@@ -40,7 +43,6 @@ def truth(rig) -> np.ndarray:
 
 def _uncalibrated(frames: FrameSet) -> FrameSet:
     """The same images with intrinsics only (extrinsics unknown)."""
-    from dataclasses import replace
     return FrameSet(tuple(replace(f, calibration=replace(f.calibration, cam_to_rig=None))
                           for f in frames.frames), frames.stamp_ns)
 
@@ -144,6 +146,33 @@ def test_pow3r_full_alignment_with_a_shared_focal_gives_the_rig_one_focal(rig, t
     assert np.ptp(focal) < 1e-6 * focal[0] and abs(focal[0] / true[0] - 1) < 0.02, focal
     _check(recon, rig, truth, rotation_deg=1.0, centre_m=0.01, median_m=0.006,
            completeness=0.9)
+
+
+@pytest.mark.parametrize("cls", [MASt3RReconstructor, Pow3RReconstructor])
+def test_a_shared_focal_gives_way_to_one_per_camera_when_the_lenses_differ(rig, cls):
+    """``shared_focal`` on a rig with one camera's lens 30 % longer (its network answers
+    imply that focal): each camera keeps its own focal, and diagnostics say the focal was
+    not shared; with the rig's identical lenses it is."""
+    frames = rig.frame_set(7)
+    K = frames.frames[3].calibration.K @ np.diag([1.3, 1.3, 1.0])    # fx and fy
+    long_lens = replace(frames.frames[3].calibration, K=K)
+    changed = FrameSet(tuple(replace(f, calibration=long_lens) if i == 3 else f
+                             for i, f in enumerate(frames.frames)), frames.stamp_ns)
+    settings = AlignmentSettings(iterations=30, shared_focal=True)
+    for oracle_frames, shared in ((frames, True), (changed, False)):
+        network = OraclePairNetwork(oracle_frames, SIZE, unit=0.41,
+                                    descriptors=cls is MASt3RReconstructor)
+        pairs = PairSettings(graph="knn", neighbours=3, alignment=settings,
+                             sparse=SparseSettings(coarse_iterations=30, fine_iterations=30,
+                                                   shared_focal=True))
+        recon = cls(network, NetworkSettings(image_size=SIZE, fusion=HEAD_ONLY,
+                                             alignment="full", use_calibration=False),
+                    pairs).reconstruct(_uncalibrated(oracle_frames))
+        focal = recon.intrinsics[:, 0, 0]
+        assert recon.info["shared_focal"] == float(shared)
+        assert (np.ptp(focal) < 1e-6 * focal[0]) == shared, focal
+        if not shared:
+            assert focal[3] > 1.2 * np.median(focal), focal
 
 
 @pytest.mark.parametrize("cls", [Pow3RReconstructor])

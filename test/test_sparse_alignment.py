@@ -188,7 +188,7 @@ def test_pairs_without_matches_are_held_by_the_fallback(rig) -> None:
     images = prepare_network_images(frames, SIZE, "cpu")
     edges = pair_graph("knn", 8, 3)
     pred, descriptors = reconstructor._run_pairs(images, edges)
-    matches = reconstructor._match(pred, descriptors, False)
+    matches = reconstructor._match(pred, descriptors, False, reconstructor.pairs.sparse)
     lonely = 7
     # matches of view 7 exist but none is more confident than the threshold
     weak = (pred.first[matches.pair] == lonely) | (pred.second[matches.pair] == lonely)

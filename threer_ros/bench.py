@@ -569,9 +569,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="quality: full alignment iterations")
     p.add_argument("--seed", type=int, default=0,
                    help="quality: seed of the rig and errors; mvs-quality: scene seed")
-    p.add_argument("--shared-focal", action="store_true",
-                   help="quality: full alignment with one focal length for all cameras "
-                        "(node parameter shared_focal)")
+    p.add_argument("--shared-focal", action=argparse.BooleanOptionalAction, default=True,
+                   help="quality: full alignment with one focal length for all cameras, or "
+                        "one per camera (node parameter shared_focal)")
     p.add_argument("--plot", type=Path, default=None,
                    help="quality: write an SVG plot of median error against focal error")
     p.add_argument("--before", type=Path, default=None,

@@ -98,7 +98,7 @@ def score(recon, true_K: np.ndarray, true_poses: np.ndarray, truth: np.ndarray,
 
 def run_grid(backends, alignments, focal_errors, cameras: int = 8, size: int = 128,
              seed: int = 0, iterations: int = 300, device: str = "cpu",
-             shared_focal: bool = False) -> list[QualityRow]:
+             shared_focal: bool = True) -> list[QualityRow]:
     """Every backend x alignment (``fast``, ``full``, or ``none``: full without the
     calibration) x focal error on one synthetic rig (images twice the network size, so that
     the network sees downscaled frames as with a real camera); ``shared_focal`` as the node

@@ -71,7 +71,9 @@ class BackendOptions:
             (they partly hide a moved camera; the fast path always gets them).
         shared_focal: Full alignment without known intrinsics estimates one focal length for
             all cameras (a rig of identical cameras and lenses; MASt3R's official
-            ``shared_intrinsics``) instead of one per camera.
+            ``shared_intrinsics``, off upstream) instead of one per camera, unless the
+            network's own focal estimates of the views differ by more than
+            :data:`~threer_ros.pipeline.pairwise.SHARED_FOCAL_SPREAD` (different lenses).
         clean_depth: MASt3R / Pow3R with ``full`` alignment: drop points that lie in front of
             what another view sees and are less confident (the official demos' depth
             cleaning; :mod:`threer_ros.geometry.depth_cleaning`): ``calibrated`` (on sets whose
@@ -102,7 +104,7 @@ class BackendOptions:
     pair_graph: str = "knn"
     graph_neighbours: int = 4
     pose_priors: bool = False
-    shared_focal: bool = False
+    shared_focal: bool = True
     clean_depth: str = "calibrated"
     pair_batch: int = 16
     alignment_iterations: int = 300

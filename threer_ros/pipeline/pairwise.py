@@ -33,6 +33,7 @@ from threer_ros.geometry.global_alignment import (AlignmentSettings, PairPredict
                                                   refine_dense, spanning_tree_init,
                                                   unstretched)
 from threer_ros.geometry.matching import Correspondences, four_way_matches
+from threer_ros.geometry.registration import estimate_focal
 from threer_ros.geometry.sparse_alignment import SparseSettings, sparse_global_alignment
 from threer_ros.pipeline.network import (NetworkImages, NetworkSettings, assemble,
                                          calibration_check, float32_matmul, load_network,
@@ -148,6 +149,22 @@ class PairSettings:
                    pose_priors=options.pose_priors, clean_depth=options.clean_depth)
 
 
+#: ``shared_focal`` gives way to a focal per camera when the focal lengths the network implies
+#: for the views differ by more than this factor: different lenses (on one kind of lens its
+#: errors are a few percent, docs/backends.md).
+SHARED_FOCAL_SPREAD = 1.2
+
+
+def focals_look_shared(pred: PairPredictions, n: int, spread: float = SHARED_FOCAL_SPREAD
+                       ) -> bool:
+    """Whether the focal lengths implied by the ``n`` views' own pointmaps (each view's first
+    decoding that it leads, image-centre principal point) lie within a factor ``spread`` of
+    one another."""
+    lead = torch.stack([(pred.first == v).nonzero()[0, 0] for v in range(n)])
+    focal = estimate_focal(pred.points1[lead].double())
+    return bool(focal.max() <= spread * focal.min())
+
+
 class PairwiseReconstructor:
     """Pairwise reconstruction (module docstring) with the network ``network``.
 
@@ -211,20 +228,26 @@ class PairwiseReconstructor:
             K = torch.as_tensor(images.intrinsics, device=pred.points1.device)
             focal, principal = (K[:, 0, 0] + K[:, 1, 1]) / 2, K[:, :2, 2]
             answers = unstretched(pred, K)  # known focal: undo the networks' focal errors
+        sparse, dense = self.pairs.sparse, self.pairs.alignment
+        if not known:
+            wanted = sparse.shared_focal if descriptors is not None else dense.shared_focal
+            shared = wanted and focals_look_shared(answers, n)
+            info["shared_focal"] = float(shared)
+            sparse = replace(sparse, shared_focal=shared)
+            dense = replace(dense, shared_focal=shared)
         with torch.enable_grad():
             if descriptors is not None:
-                matches = self._match(answers, descriptors, known)
+                matches = self._match(answers, descriptors, known, sparse)
                 info["matches"] = float(len(matches.pair))
                 timings["matching"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                views, loss = sparse_global_alignment(answers, matches, n, self.pairs.sparse,
-                                                      focal, principal)
+                views, loss = sparse_global_alignment(answers, matches, n, sparse, focal,
+                                                      principal)
             else:
                 init = spanning_tree_init(answers, n, focal, principal)
                 timings["init"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                views, loss = refine_dense(answers, init, self.pairs.alignment,
-                                           optimise_focal=not known)
+                views, loss = refine_dense(answers, init, dense, optimise_focal=not known)
         info["alignment_loss"] = loss
         if known and images.cam_to_rig is not None and self.cloud_on_calibration:
             return self._checked_calibrated_cloud(images, pred, views, frames.stamp_ns,
@@ -378,11 +401,11 @@ class PairwiseReconstructor:
             lambda a, b, p: self.network(gather(a, p), gather(b, p)), first, second,
             self.pairs.batch, pose)
 
-    def _match(self, pred: PairPredictions, descriptors, focal_known: bool
-               ) -> Correspondences:
+    def _match(self, pred: PairPredictions, descriptors, focal_known: bool,
+               sparse: SparseSettings) -> Correspondences:
         """MASt3R's four-way matches of every pair from both its decodings, indexed by the
-        pair's ``i < j`` decoding, seeded at the sparse alignment's stride for images with
-        (``focal_known``) or without known focal lengths."""
+        pair's ``i < j`` decoding, seeded at the stride of the sparse alignment ``sparse``
+        for images with (``focal_known``) or without known focal lengths."""
         desc1, desc2, conf1, conf2 = descriptors
         decoding = {(i, j): e for e, (i, j) in enumerate(zip(pred.first.tolist(),
                                                               pred.second.tolist()))}
@@ -391,8 +414,7 @@ class PairwiseReconstructor:
         found = four_way_matches(desc1[forward], desc2[forward], desc1[backward],
                                  desc2[backward], conf1[forward], conf2[forward],
                                  conf1[backward], conf2[backward],
-                                 subsample=self.pairs.sparse.block(*desc1.shape[1:3],
-                                                                   focal_known))
+                                 subsample=sparse.block(*desc1.shape[1:3], focal_known))
         pair = torch.tensor(forward, device=found.pair.device)[found.pair]
         return Correspondences(pair, found.pixel1, found.pixel2, found.weight)
 
