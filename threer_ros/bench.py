@@ -38,11 +38,10 @@ from typing import Any, Iterator
 import torch
 
 from threer_ros.cli import command_parser
-from threer_ros.models import build_model, compile_blocks, heads_to_float32
+from threer_ros.models import build_model, compile_blocks
 from threer_ros.models.released import RELEASED
 from threer_ros.mvs_quality import add_arguments as add_mvs_quality_arguments
-from threer_ros.models.blocks import set_attention_dtype
-from threer_ros.pipeline.network import attention_dtype, float32_matmul
+from threer_ros.pipeline.network import float32_matmul, set_precision
 
 #: Precision modes: name -> (parameter dtype, autocast dtype or None). ``bf16`` casts the
 #: weights; ``bf16-trunk`` too, but keeps the heads (and descriptors) in fp32, as
@@ -56,13 +55,13 @@ PRECISIONS = {"fp32": (torch.float32, None), "tf32": (torch.float32, None),
 
 
 def _cast(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
-    """``model`` with parameters in ``precision``'s dtype (:data:`PRECISIONS`) and its
-    attention kernels in the dtype the node uses for it on ``device``
-    (:func:`~threer_ros.pipeline.network.attention_dtype`), in place."""
-    model.to(dtype=PRECISIONS[precision][0])
-    if precision == "bf16-trunk":
-        heads_to_float32(model)
-    return set_attention_dtype(model, attention_dtype(precision, device.type))
+    """``model`` cast to ``precision`` (:data:`PRECISIONS`) on ``device`` as the node casts
+    it (:func:`~threer_ros.pipeline.network.set_precision`: parameters, float32 heads,
+    attention dtype), in place; ``bf16-amp`` keeps float32 parameters (its autocast is
+    :func:`_numerics`')."""
+    if precision == "bf16-amp":
+        return model.float()
+    return set_precision(model, precision, device.type)
 
 
 #: ``--sdpa`` choices: the attention kernels ``F.scaled_dot_product_attention`` may use
@@ -381,7 +380,6 @@ def bench_backend(name: str, width: int, device: torch.device, repeats: int = 5,
 def _network_backend(name: str, frames, options, device: torch.device):
     """A network backend whose network is :class:`ReleasedWithOracle`."""
     from threer_ros.pipeline.fast3r import Fast3RReconstructor
-    from threer_ros.pipeline.network import set_precision
     from threer_ros.pipeline.oracle import OracleFast3R, OraclePairNetwork
     from threer_ros.pipeline.pairwise import (MASt3RReconstructor, PairSettings,
                                               Pow3RReconstructor)

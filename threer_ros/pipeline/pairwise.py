@@ -155,14 +155,17 @@ class PairSettings:
 SHARED_FOCAL_SPREAD = 1.2
 
 
-def focals_look_shared(pred: PairPredictions, n: int, spread: float = SHARED_FOCAL_SPREAD
-                       ) -> bool:
-    """Whether the focal lengths implied by the ``n`` views' own pointmaps (each view's first
-    decoding that it leads, image-centre principal point) lie within a factor ``spread`` of
-    one another."""
-    lead = torch.stack([(pred.first == v).nonzero()[0, 0] for v in range(n)])
-    focal = estimate_focal(pred.points1[lead].double())
+def focals_look_shared(focal: torch.Tensor, spread: float = SHARED_FOCAL_SPREAD) -> bool:
+    """Whether the views' focal lengths ``focal`` ``(N,)`` (pixels, as the network implies
+    them) lie within a factor ``spread`` of one another."""
     return bool(focal.max() <= spread * focal.min())
+
+
+def implied_focals(pred: PairPredictions, n: int) -> torch.Tensor:
+    """``(N,)`` focal lengths (pixels) the ``n`` views' own pointmaps imply (each view's first
+    decoding that it leads, image-centre principal point)."""
+    lead = torch.stack([(pred.first == v).nonzero()[0, 0] for v in range(n)])
+    return estimate_focal(pred.points1[lead].double())
 
 
 class PairwiseReconstructor:
@@ -228,15 +231,14 @@ class PairwiseReconstructor:
             K = torch.as_tensor(images.intrinsics, device=pred.points1.device)
             focal, principal = (K[:, 0, 0] + K[:, 1, 1]) / 2, K[:, :2, 2]
             answers = unstretched(pred, K)  # known focal: undo the networks' focal errors
-        sparse, dense = self.pairs.sparse, self.pairs.alignment
-        if not known:
-            wanted = sparse.shared_focal if descriptors is not None else dense.shared_focal
-            shared = wanted and focals_look_shared(answers, n)
-            info["shared_focal"] = float(shared)
-            sparse = replace(sparse, shared_focal=shared)
-            dense = replace(dense, shared_focal=shared)
         with torch.enable_grad():
             if descriptors is not None:
+                sparse = self.pairs.sparse
+                if not known:      # decided before matching: the seed stride depends on it
+                    shared = sparse.shared_focal and focals_look_shared(
+                        implied_focals(answers, n))
+                    info["shared_focal"] = float(shared)
+                    sparse = replace(sparse, shared_focal=shared)
                 matches = self._match(answers, descriptors, known, sparse)
                 info["matches"] = float(len(matches.pair))
                 timings["matching"] = time.perf_counter() - t0
@@ -245,6 +247,11 @@ class PairwiseReconstructor:
                                                       principal)
             else:
                 init = spanning_tree_init(answers, n, focal, principal)
+                dense = self.pairs.alignment
+                if not known:      # the focals the initialisation estimated
+                    shared = dense.shared_focal and focals_look_shared(init.focal)
+                    info["shared_focal"] = float(shared)
+                    dense = replace(dense, shared_focal=shared)
                 timings["init"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 views, loss = refine_dense(answers, init, dense, optimise_focal=not known)
